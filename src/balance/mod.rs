@@ -1,0 +1,56 @@
+//! A load balancer that honours session persistence.
+//!
+//! [`Balancer`] wraps one tower [`Discover`](tower::discover::Discover) per weighted group of
+//! endpoints (a Gateway API `backendRef`). A request carrying a [`PinnedEndpoint`] goes to
+//! exactly that endpoint, whatever its group's weight, and waits for *that* endpoint's
+//! readiness only. Every other request picks a group by weight and is balanced within it by
+//! tower's power-of-two-choices [`Balance`](tower::balance::p2c::Balance). Both paths count
+//! in-flight requests on the same [`Endpoint`], so p2c sees the load that pinned traffic
+//! brings. Every response carries [`ServedBy`] with the endpoint's key.
+//!
+//! When the pinned endpoint is gone, [`OnUnavailable`] decides: balance the request (the layer
+//! then re-pins the session) or fail it with [`PinnedUnavailable`].
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use tower::{ServiceExt, service_fn};
+//! use tower_session_persistence::{PinnedEndpoint, ServedBy};
+//! use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let (endpoints, discover) = discover_channel();
+//! for name in ["pod-a", "pod-b"] {
+//!     let svc = service_fn(move |_req: Request<()>| async move {
+//!         Ok::<_, Infallible>(Response::new(name))
+//!     });
+//!     endpoints.insert(name.to_owned(), svc);
+//! }
+//! let balancer = BalancerBuilder::new().group(1, discover).build();
+//! # tokio::task::yield_now().await;
+//!
+//! let mut req = Request::new(());
+//! PinnedEndpoint("pod-b".to_owned()).insert(req.extensions_mut());
+//! let mut res = balancer.oneshot(req).await?;
+//! assert_eq!(*res.body(), "pod-b");
+//! assert_eq!(ServedBy::<String>::take(res.extensions_mut()), Some(ServedBy("pod-b".to_owned())));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`PinnedEndpoint`]: crate::PinnedEndpoint
+//! [`ServedBy`]: crate::ServedBy
+//! [`OnUnavailable`]: crate::OnUnavailable
+//! [`PinnedUnavailable`]: crate::PinnedUnavailable
+
+mod balancer;
+mod discover;
+mod endpoint;
+mod future;
+mod weights;
+
+pub use self::balancer::{Balancer, BalancerBuilder, NoEndpoints};
+pub use self::discover::{DiscoverReceiver, DiscoverSender, discover_channel};
+pub use self::endpoint::{Endpoint, EndpointFuture};
+pub use self::future::ResponseFuture;

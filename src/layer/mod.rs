@@ -1,0 +1,196 @@
+//! The session persistence middleware: [`SessionPersistenceLayer`], [`SessionPersistence`] and
+//! its [`ResponseFuture`].
+//!
+//! On the way in, the service reads the client's session (a cookie or a header), verifies the
+//! token, removes it from what the backend will see, and puts a [`PinnedEndpoint`] into the
+//! request's extensions. On the way out, it takes the [`ServedBy`] tag that the balancer set and
+//! writes a new token when the session is new, re-pinned, expired or due for a refresh. A
+//! missing, invalid, foreign or expired token is simply no session: the request is balanced and
+//! the response carries a fresh one. The layer never fails a request of its own.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_session_persistence::{PinnedEndpoint, ServedBy, SessionPersistenceLayer};
+//! use tower_session_persistence::policy::SessionPolicy;
+//! use tower_session_persistence::token::SignedCodec;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = SessionPersistenceLayer::<String>::new(
+//!     SessionPolicy::cookie("shop").build()?,
+//!     SignedCodec::new([[42u8; 32]])?,
+//! );
+//! // Stands in for a balancer: honours the pin, otherwise "pod-a".
+//! let svc = ServiceBuilder::new().layer(layer).service(service_fn(|mut req: Request<()>| async move {
+//!     let key = PinnedEndpoint::<String>::take(req.extensions_mut()).map_or("pod-a".to_owned(), |p| p.0);
+//!     let mut res = Response::new(());
+//!     res.extensions_mut().insert(ServedBy(key));
+//!     Ok::<_, std::convert::Infallible>(res)
+//! }));
+//!
+//! let res = svc.clone().oneshot(Request::new(())).await?;
+//! let set_cookie = res.headers()["set-cookie"].to_str()?;
+//! assert!(set_cookie.starts_with("shop="));
+//! assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("Secure"));
+//!
+//! // The client sends it back: same endpoint, nothing new to set.
+//! let cookie = set_cookie.split(';').next().unwrap();
+//! let res = svc.oneshot(Request::builder().header("cookie", cookie).body(())?).await?;
+//! assert!(res.headers().get("set-cookie").is_none());
+//! # Ok(())
+//! # }
+//! ```
+
+mod future;
+mod service;
+mod settings;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+pub use self::future::ResponseFuture;
+pub use self::service::SessionPersistence;
+use self::settings::Settings;
+use crate::policy::SessionPolicy;
+use crate::token::{Codec, SignedCodec};
+#[cfg(doc)]
+use crate::{PinnedEndpoint, ServedBy};
+
+/// How the layer treated a request's session; also put into the response's extensions so that
+/// the application can log or count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Decision {
+    /// No session came with the request: it was balanced and a session was issued.
+    New,
+    /// A valid session came and the request reached its endpoint.
+    Pinned,
+    /// A valid session came but another endpoint served the request; the session now names
+    /// that endpoint.
+    Repinned,
+    /// The session had passed its absolute or idle timeout: treated as no session.
+    Expired,
+    /// The token was not one of ours (forged, tampered, foreign, garbage): treated as no
+    /// session.
+    Invalid,
+}
+
+impl Decision {
+    /// A lower-case word for logs: `new`, `pinned`, `re-pinned`, `expired`, `invalid`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::New => "new",
+            Decision::Pinned => "pinned",
+            Decision::Repinned => "re-pinned",
+            Decision::Expired => "expired",
+            Decision::Invalid => "invalid",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Applies session persistence to a service; see the [module docs](self).
+///
+/// `K` is the endpoint key type the balancer uses, `C` the token codec. Cheap to clone: the
+/// configuration sits behind an `Arc`.
+#[must_use]
+pub struct SessionPersistenceLayer<K, C = SignedCodec> {
+    settings: Arc<Settings<C>>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<K, C> Clone for SessionPersistenceLayer<K, C> {
+    fn clone(&self) -> Self {
+        Self { settings: self.settings.clone(), _key: PhantomData }
+    }
+}
+
+impl<K, C> fmt::Debug for SessionPersistenceLayer<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionPersistenceLayer").field("settings", &self.settings).finish()
+    }
+}
+
+impl<K, C: Codec> SessionPersistenceLayer<K, C> {
+    /// A layer enforcing `policy`, with tokens written and read by `codec`.
+    ///
+    /// The scope defaults to the session's name; give each route rule its own with
+    /// [`scope`](Self::scope).
+    pub fn new(policy: SessionPolicy, codec: C) -> Self {
+        let scope = policy.name().to_owned();
+        let refresh = policy.idle_timeout().map(|idle| idle / 4);
+        Self {
+            settings: Arc::new(Settings {
+                policy,
+                codec,
+                scope,
+                max_skew: Duration::from_secs(60),
+                refresh,
+            }),
+            _key: PhantomData,
+        }
+    }
+
+    fn settings_mut(&mut self) -> &mut Settings<C> {
+        Arc::get_mut(&mut self.settings).expect("a layer is configured before it is cloned")
+    }
+
+    /// Binds tokens to `scope`, typically one route rule (`namespace/route/index`): a token
+    /// issued under one scope is never honoured under another.
+    ///
+    /// # Panics
+    ///
+    /// If the layer has been cloned already: configure it first.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.settings_mut().scope = scope.into();
+        self
+    }
+
+    /// How far in the future a token's times may lie before it is refused (default 60 s), to
+    /// allow for clock differences between replicas.
+    ///
+    /// # Panics
+    ///
+    /// If the layer has been cloned already: configure it first.
+    pub fn max_clock_skew(mut self, skew: Duration) -> Self {
+        self.settings_mut().max_skew = skew;
+        self
+    }
+
+    /// With an idle timeout, how old a token may get before it is re-issued with a new
+    /// refresh time (default a quarter of the idle timeout). A session survives any gap
+    /// between requests shorter than the idle timeout minus this interval.
+    ///
+    /// # Panics
+    ///
+    /// If the layer has been cloned already: configure it first.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.settings_mut().refresh = Some(interval);
+        self
+    }
+
+    /// The policy this layer enforces.
+    pub fn policy(&self) -> &SessionPolicy {
+        &self.settings.policy
+    }
+}
+
+impl<S, K, C> Layer<S> for SessionPersistenceLayer<K, C> {
+    type Service = SessionPersistence<S, K, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionPersistence::from_parts(inner, self.settings.clone())
+    }
+}

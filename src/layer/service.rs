@@ -1,0 +1,104 @@
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::{Pending, ResponseFuture};
+use super::settings::{Incoming, Settings, now};
+use super::{Decision, SessionPersistenceLayer};
+use crate::policy::SessionPolicy;
+use crate::token::Codec;
+use crate::{EndpointKey, PinnedEndpoint};
+
+/// Middleware that keeps a client's session on one endpoint; see the
+/// [module docs](crate::layer).
+pub struct SessionPersistence<S, K, C> {
+    inner: S,
+    settings: Arc<Settings<C>>,
+    _key: PhantomData<fn() -> K>,
+}
+
+impl<S: Clone, K, C> Clone for SessionPersistence<S, K, C> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), settings: self.settings.clone(), _key: PhantomData }
+    }
+}
+
+impl<S: fmt::Debug, K, C> fmt::Debug for SessionPersistence<S, K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionPersistence")
+            .field("inner", &self.inner)
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl<S, K, C> SessionPersistence<S, K, C> {
+    pub(super) fn from_parts(inner: S, settings: Arc<Settings<C>>) -> Self {
+        Self { inner, settings, _key: PhantomData }
+    }
+
+    /// A layer that wraps services in `SessionPersistence`; the same as
+    /// [`SessionPersistenceLayer::new`].
+    pub fn layer(policy: SessionPolicy, codec: C) -> SessionPersistenceLayer<K, C>
+    where
+        C: Codec,
+    {
+        SessionPersistenceLayer::new(policy, codec)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, K, C, ReqBody, ResBody> Service<Request<ReqBody>> for SessionPersistence<S, K, C>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    K: EndpointKey,
+    C: Codec,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, K, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let now = now();
+        let incoming = self.settings.read::<K>(req.headers(), now);
+        self.settings.strip(req.headers_mut());
+        let pending = match incoming {
+            Incoming::Valid { key, issued, refreshed } => {
+                PinnedEndpoint(key.clone()).insert(req.extensions_mut());
+                Pending::Pinned { key, issued, refreshed }
+            }
+            Incoming::Unusable(decision) => {
+                // A pin left by someone else must not be honoured under our session.
+                PinnedEndpoint::<K>::take(req.extensions_mut());
+                Pending::Unpinned(decision)
+            }
+        };
+        if let Pending::Unpinned(decision @ (Decision::Invalid | Decision::Expired)) = pending {
+            tracing::debug!(decision = %decision, scope = %self.settings.scope, "session not honoured");
+        }
+        ResponseFuture::new(self.inner.call(req), self.settings.clone(), pending, now)
+    }
+}

@@ -1,0 +1,398 @@
+//! What a session is: the user-facing policy in GEP-1619's words, validated once.
+//!
+//! A [`SessionPolicy`] is built with [`SessionPolicy::cookie`] or [`SessionPolicy::header`] and
+//! checked by [`PolicyBuilder::build`], which names the field and the rule at fault. With the
+//! `serde` feature, [`SessionPersistenceConfig`] reads the Gateway API `sessionPersistence`
+//! stanza in both of its shapes and turns it into a policy.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_session_persistence::policy::{Lifetime, SessionPolicy};
+//!
+//! let policy = SessionPolicy::cookie("shop-session")
+//!     .lifetime(Lifetime::Permanent)
+//!     .absolute_timeout(Duration::from_secs(3600))
+//!     .build()?;
+//! assert_eq!(policy.name(), "shop-session");
+//!
+//! // Permanent cookies need an absolute timeout: it becomes their Max-Age.
+//! let err = SessionPolicy::cookie("shop-session").lifetime(Lifetime::Permanent).build().unwrap_err();
+//! assert_eq!(err.field(), "absoluteTimeout");
+//! # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+//! ```
+
+#[cfg(feature = "serde")]
+mod config;
+mod duration;
+mod error;
+
+use std::time::Duration;
+
+pub use cookie::SameSite;
+use http::HeaderName;
+
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use self::config::{
+    CookieConfig, HeaderConfig, LegacyCookieConfig, PersistenceType, SessionPersistenceConfig,
+};
+pub use self::duration::parse_duration;
+pub use self::error::PolicyError;
+
+/// The longest session name the Gateway API accepts.
+pub const MAX_NAME_LEN: usize = 256;
+/// The longest cookie path the Gateway API accepts.
+pub const MAX_PATH_LEN: usize = 1024;
+
+/// Whether the session cookie outlives the browser session (GEP-1619 `lifetimeType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+pub enum Lifetime {
+    /// No `Max-Age` or `Expires`: the browser drops the cookie when it closes. An
+    /// `absoluteTimeout` is still enforced by the layer from the token's issue time.
+    #[default]
+    Session,
+    /// `Max-Age` equal to `absoluteTimeout`, which is then required.
+    Permanent,
+}
+
+/// Where the session travels between client and gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// An HTTP cookie (GEP-1619 `type: Cookie`).
+    Cookie(CookieAttributes),
+    /// A request and response header (GEP-1619 `type: Header`); matched case-insensitively.
+    Header(HeaderName),
+}
+
+/// The attributes of the session cookie. Defaults follow GEP-1619: `Path=/`, `HttpOnly`,
+/// `Secure`, `SameSite=Strict`, no `Domain`, session lifetime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CookieAttributes {
+    /// `Path`.
+    pub path: String,
+    /// `Domain`, if any.
+    pub domain: Option<String>,
+    /// `HttpOnly`.
+    pub http_only: bool,
+    /// `Secure`.
+    pub secure: bool,
+    /// `SameSite`; `None` leaves the attribute out.
+    pub same_site: Option<SameSite>,
+    /// Session or permanent.
+    pub lifetime: Lifetime,
+}
+
+impl Default for CookieAttributes {
+    fn default() -> Self {
+        Self {
+            path: "/".to_owned(),
+            domain: None,
+            http_only: true,
+            secure: true,
+            same_site: Some(SameSite::Strict),
+            lifetime: Lifetime::Session,
+        }
+    }
+}
+
+/// A validated session persistence policy. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionPolicy {
+    name: String,
+    carrier: Carrier,
+    absolute_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    indirect: bool,
+}
+
+impl SessionPolicy {
+    /// Starts a cookie policy with the cookie named `name` and GEP-1619's default attributes.
+    pub fn cookie(name: impl Into<String>) -> PolicyBuilder {
+        PolicyBuilder::new(name.into(), CarrierKind::Cookie(CookieAttributes::default()))
+    }
+
+    /// Starts a header policy: the session travels in the header named `name`.
+    pub fn header(name: impl Into<String>) -> PolicyBuilder {
+        PolicyBuilder::new(name.into(), CarrierKind::Header)
+    }
+
+    /// The session's name: the cookie's or the header's.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the session travels.
+    pub fn carrier(&self) -> &Carrier {
+        &self.carrier
+    }
+
+    /// How long a session lasts from its first issue, whatever the client does.
+    pub fn absolute_timeout(&self) -> Option<Duration> {
+        self.absolute_timeout
+    }
+
+    /// How long a session lasts without a request.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+    }
+
+    /// Whether the session cookie is removed before the request reaches the backend
+    /// (HAProxy's `indirect`); on by default.
+    pub fn indirect(&self) -> bool {
+        self.indirect
+    }
+}
+
+#[derive(Debug)]
+enum CarrierKind {
+    Cookie(CookieAttributes),
+    Header,
+}
+
+/// Builds a [`SessionPolicy`]; see [`SessionPolicy::cookie`] and [`SessionPolicy::header`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct PolicyBuilder {
+    name: String,
+    carrier: CarrierKind,
+    absolute_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    indirect: bool,
+}
+
+impl PolicyBuilder {
+    fn new(name: String, carrier: CarrierKind) -> Self {
+        Self { name, carrier, absolute_timeout: None, idle_timeout: None, indirect: true }
+    }
+
+    fn cookie_mut(&mut self) -> Option<&mut CookieAttributes> {
+        match &mut self.carrier {
+            CarrierKind::Cookie(attributes) => Some(attributes),
+            CarrierKind::Header => None,
+        }
+    }
+
+    /// Sessions end this long after they were first issued.
+    pub fn absolute_timeout(mut self, timeout: Duration) -> Self {
+        self.absolute_timeout = Some(timeout);
+        self
+    }
+
+    /// Sessions end when no request has come for this long.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether to remove the session cookie before the request reaches the backend (default
+    /// `true`). Ignored for header sessions, whose header is always removed.
+    pub fn indirect(mut self, indirect: bool) -> Self {
+        self.indirect = indirect;
+        self
+    }
+
+    /// The cookie's `Path` (default `/`). Ignored for header sessions.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.path = path.into();
+        }
+        self
+    }
+
+    /// The cookie's `Domain` (default none). Ignored for header sessions.
+    pub fn domain(mut self, domain: impl Into<String>) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.domain = Some(domain.into());
+        }
+        self
+    }
+
+    /// Whether the cookie is `HttpOnly` (default `true`). Ignored for header sessions.
+    pub fn http_only(mut self, on: bool) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.http_only = on;
+        }
+        self
+    }
+
+    /// Whether the cookie is `Secure` (default `true`). Turn it off only where clients reach
+    /// the gateway over plain HTTP. Ignored for header sessions.
+    pub fn secure(mut self, on: bool) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.secure = on;
+        }
+        self
+    }
+
+    /// The cookie's `SameSite` (default `Strict`); `None` leaves it out. Ignored for header
+    /// sessions.
+    pub fn same_site(mut self, same_site: Option<SameSite>) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.same_site = same_site;
+        }
+        self
+    }
+
+    /// Session (default) or permanent cookie. Ignored for header sessions.
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.lifetime = lifetime;
+        }
+        self
+    }
+
+    /// Checks the policy against the Gateway API's rules.
+    ///
+    /// # Errors
+    ///
+    /// A [`PolicyError`] naming the field and the rule it breaks.
+    pub fn build(self) -> Result<SessionPolicy, PolicyError> {
+        let name_field = match self.carrier {
+            CarrierKind::Cookie(_) => "cookie.name",
+            CarrierKind::Header => "header.name",
+        };
+        check_token(&self.name, name_field)?;
+        for (field, timeout) in
+            [("absoluteTimeout", self.absolute_timeout), ("idleTimeout", self.idle_timeout)]
+        {
+            if timeout.is_some_and(|t| t.is_zero()) {
+                return Err(PolicyError::new(field, "must be greater than zero"));
+            }
+        }
+        let carrier = match self.carrier {
+            CarrierKind::Cookie(attributes) => {
+                check_path(&attributes.path)?;
+                if let Some(domain) = &attributes.domain {
+                    check_domain(domain)?;
+                }
+                if attributes.lifetime == Lifetime::Permanent && self.absolute_timeout.is_none() {
+                    return Err(PolicyError::new(
+                        "absoluteTimeout",
+                        "must be specified when cookie lifetimeType is Permanent",
+                    ));
+                }
+                Carrier::Cookie(attributes)
+            }
+            CarrierKind::Header => {
+                let name = HeaderName::from_bytes(self.name.as_bytes())
+                    .map_err(|_| PolicyError::new(name_field, "must be a valid header name"))?;
+                Carrier::Header(name)
+            }
+        };
+        Ok(SessionPolicy {
+            name: self.name,
+            carrier,
+            absolute_timeout: self.absolute_timeout,
+            idle_timeout: self.idle_timeout,
+            indirect: self.indirect,
+        })
+    }
+}
+
+/// RFC 6265 `cookie-name = token` (RFC 7230 tchar), 1 to 256 characters, as the Gateway API's
+/// `CookieName` and `HeaderName` patterns say.
+fn check_token(name: &str, field: &'static str) -> Result<(), PolicyError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(PolicyError::new(field, "must be 1 to 256 characters long"));
+    }
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(tchar) {
+        return Err(PolicyError::new(
+            field,
+            "must be an RFC 6265 token: letters, digits and !#$%&'*+-.^_`|~ only",
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(path: &str) -> Result<(), PolicyError> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(PolicyError::new("cookie.path", "must be at most 1024 characters long"));
+    }
+    // RFC 6265 path-value: any CHAR except CTLs or ";".
+    if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control() || b > 0x7e)
+    {
+        return Err(PolicyError::new(
+            "cookie.path",
+            "must start with '/' and contain no ';', control or non-ASCII characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_domain(domain: &str) -> Result<(), PolicyError> {
+    let ok = !domain.is_empty()
+        && domain.len() <= 253
+        && domain.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::new("cookie.domain", "must be a host name: letters, digits, '-' and '.'"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_gep() {
+        let policy = SessionPolicy::cookie("s").build().unwrap();
+        let Carrier::Cookie(c) = policy.carrier() else { panic!("cookie carrier expected") };
+        assert_eq!(c, &CookieAttributes::default());
+        assert_eq!(c.path, "/");
+        assert!(c.http_only && c.secure);
+        assert_eq!(c.same_site, Some(SameSite::Strict));
+        assert_eq!(c.lifetime, Lifetime::Session);
+        assert!(policy.indirect());
+    }
+
+    #[test]
+    fn names_must_be_tokens() {
+        for bad in ["", "a b", "a=b", "a;b", "ä", &"x".repeat(257)] {
+            let err = SessionPolicy::cookie(bad).build().unwrap_err();
+            assert_eq!(err.field(), "cookie.name", "{bad:?}");
+        }
+        let err = SessionPolicy::header("invalid header:name").build().unwrap_err();
+        assert_eq!(err.field(), "header.name");
+        assert!(SessionPolicy::cookie("x".repeat(256)).build().is_ok());
+        assert!(SessionPolicy::cookie("Session-A_1.x!#$%&'*+^`|~").build().is_ok());
+    }
+
+    #[test]
+    fn permanent_needs_absolute_timeout() {
+        let err = SessionPolicy::cookie("s").lifetime(Lifetime::Permanent).build().unwrap_err();
+        assert_eq!(err.field(), "absoluteTimeout");
+        assert!(err.to_string().contains("Permanent"), "{err}");
+        SessionPolicy::cookie("s")
+            .lifetime(Lifetime::Permanent)
+            .absolute_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_paths_domains_and_zero_timeouts() {
+        assert_eq!(
+            SessionPolicy::cookie("s").path("a").build().unwrap_err().field(),
+            "cookie.path"
+        );
+        assert_eq!(
+            SessionPolicy::cookie("s").path("/a;b").build().unwrap_err().field(),
+            "cookie.path"
+        );
+        assert_eq!(
+            SessionPolicy::cookie("s").domain("a b").build().unwrap_err().field(),
+            "cookie.domain"
+        );
+        assert_eq!(
+            SessionPolicy::cookie("s")
+                .absolute_timeout(Duration::ZERO)
+                .build()
+                .unwrap_err()
+                .field(),
+            "absoluteTimeout"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The seam between the persistence layer and a balancer.
+//!
+//! The layer and the balancer never call each other: they meet through two typed
+//! extensions, so either one works with any other piece that speaks them.
+//!
+//! * [`PinnedEndpoint<K>`] travels in **request** extensions, set by
+//!   [`SessionPersistence`](crate::SessionPersistence) when the request carries a valid session,
+//!   and is *taken* (removed) by the balancer.
+//! * [`ServedBy<K>`] travels in **response** extensions, set by the balancer to the endpoint
+//!   that actually served the request, and is *taken* by the layer to decide what to write back.
+//!
+//! Taking, rather than reading, is what lets layers nest: a global layer pinning a region and a
+//! regional layer pinning a backend each see only the value meant for them.
+//!
+//! A hand-written balancer honours the seam with [`PinnedEndpoint::take`] and
+//! [`ServedBy::insert`]:
+//!
+//! ```
+//! use http::{Request, Response};
+//! use tower_session_persistence::{PinnedEndpoint, ServedBy};
+//!
+//! fn route(mut req: Request<()>) -> Response<()> {
+//!     // Honour the pin when there is one, otherwise pick "b".
+//!     let key = PinnedEndpoint::<String>::take(req.extensions_mut())
+//!         .map(|pin| pin.0)
+//!         .unwrap_or_else(|| "b".to_owned());
+//!     let mut res = Response::new(());
+//!     ServedBy(key).insert(res.extensions_mut());
+//!     res
+//! }
+//!
+//! let mut req = Request::new(());
+//! req.extensions_mut().insert(PinnedEndpoint("a".to_owned()));
+//! let mut res = route(req);
+//! assert_eq!(ServedBy::<String>::take(res.extensions_mut()), Some(ServedBy("a".to_owned())));
+//! ```
+
+use std::error::Error;
+use std::fmt;
+
+use http::Extensions;
+
+/// The endpoint a request is pinned to, decoded from the client's session.
+///
+/// Set in request extensions by the layer; a balancer should [`take`](Self::take) it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PinnedEndpoint<K>(pub K);
+
+impl<K: Clone + Send + Sync + 'static> PinnedEndpoint<K> {
+    /// Removes and returns the pin from `extensions`, so that nested layers never see it.
+    pub fn take(extensions: &mut Extensions) -> Option<Self> {
+        extensions.remove::<Self>()
+    }
+
+    /// Puts the pin into `extensions`, replacing any earlier one of the same key type.
+    pub fn insert(self, extensions: &mut Extensions) {
+        extensions.insert(self);
+    }
+}
+
+/// The endpoint that served a response.
+///
+/// Set in response extensions by the balancer; the layer [`take`](Self::take)s it to decide
+/// whether the client's session is new, unchanged or re-pinned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServedBy<K>(pub K);
+
+impl<K: Clone + Send + Sync + 'static> ServedBy<K> {
+    /// Removes and returns the tag from `extensions`, so that outer layers never see it.
+    pub fn take(extensions: &mut Extensions) -> Option<Self> {
+        extensions.remove::<Self>()
+    }
+
+    /// Puts the tag into `extensions`, replacing any earlier one of the same key type.
+    pub fn insert(self, extensions: &mut Extensions) {
+        extensions.insert(self);
+    }
+}
+
+/// What a balancer does when a request's pinned endpoint is not available.
+///
+/// GEP-1619 leaves this to the implementation: HAProxy's `option redispatch` re-balances,
+/// Envoy's `strict` mode rejects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OnUnavailable {
+    /// Balance the request as if it had no session; the layer then issues a new session
+    /// (the default).
+    #[default]
+    Rebalance,
+    /// Fail the request with [`PinnedUnavailable`], which a gateway answers with
+    /// `503 Service Unavailable`.
+    Reject,
+}
+
+/// The error a balancer returns when the pinned endpoint is gone and the policy is
+/// [`OnUnavailable::Reject`].
+///
+/// It does not say which endpoint: errors end up in logs and responses, and the key of an
+/// endpoint is topology that clients should not learn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PinnedUnavailable;
+
+impl PinnedUnavailable {
+    /// The status a gateway should answer with: `503 Service Unavailable`.
+    pub const STATUS: http::StatusCode = http::StatusCode::SERVICE_UNAVAILABLE;
+}
+
+impl fmt::Display for PinnedUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the session's endpoint is unavailable")
+    }
+}
+
+impl Error for PinnedUnavailable {}

@@ -1,0 +1,46 @@
+//! What a session token says, and the codecs that write and read it.
+//!
+//! A token carries [`Claims`]: the endpoint's key, when the session was first issued and when
+//! it was last refreshed. A [`Codec`] turns claims into the text that travels in a cookie or a
+//! header and back, bound to a [`Binding`] (the session's name and the rule's scope) so that a
+//! token is never honoured by another rule or under another name.
+//!
+//! Tokens are stateless: any gateway replica holding the same keys reads them, and the server
+//! keeps nothing per session.
+
+mod signed;
+
+pub use self::signed::{MIN_KEY_LEN, SignedCodec};
+
+/// What a token says about a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// The endpoint's key, as [`EndpointKey::to_bytes`](crate::EndpointKey::to_bytes) wrote it.
+    pub endpoint: Vec<u8>,
+    /// When the session was first issued, in seconds since the Unix epoch.
+    pub issued: u64,
+    /// When the token was last written, in seconds since the Unix epoch.
+    pub refreshed: u64,
+}
+
+/// The context a token is bound to: a token made for one binding is rejected under any other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// The cookie's or header's name.
+    pub name: &'a str,
+    /// The persistence scope, typically one route rule (`namespace/route/rule-index`).
+    pub scope: &'a str,
+}
+
+/// Writes [`Claims`] into a token and reads them back.
+///
+/// Implementations must reject, by returning `None`, any token they did not write for the same
+/// [`Binding`]: forged, tampered, truncated or foreign tokens all mean "no session".
+pub trait Codec: Send + Sync + 'static {
+    /// Writes `claims` as a token for `binding`. The result must be a valid cookie value and
+    /// header value (RFC 6265 `cookie-octet`s).
+    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> String;
+
+    /// Reads the claims of `token` if this codec wrote it for `binding`.
+    fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims>;
+}

@@ -55,6 +55,7 @@ mod endpoint_key;
 pub mod layer;
 pub mod policy;
 pub mod seam;
+pub mod strategy;
 pub mod token;
 
 pub use self::endpoint_key::EndpointKey;

@@ -31,38 +31,88 @@ pub(crate) fn find<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     })
 }
 
-/// Removes every cookie named `name` from every `Cookie` field. The other pairs keep their
-/// bytes and separators; a field left empty is removed. Returns whether anything was removed.
-pub(crate) fn strip(headers: &mut HeaderMap, name: &str) -> bool {
-    let ours = |pair: &[u8]| parse(pair).is_some_and(|c| c.name() == name);
-    let found = headers.get_all(COOKIE).iter().any(|field| pairs(field.as_bytes()).any(ours));
-    if !found {
-        return false;
-    }
-    let fields: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    headers.remove(COOKIE);
-    for field in fields {
+/// What to do with one of our cookie pairs in the request.
+pub(crate) enum Edit {
+    /// Leave the pair as it is.
+    Keep,
+    /// Remove the pair.
+    Remove,
+    /// Give the pair this value.
+    Value(String),
+}
+
+/// Applies `edit` to the value of every cookie named `name` in every `Cookie` field. Other
+/// pairs keep their bytes and separators; a field left empty is removed. Returns whether
+/// anything changed.
+pub(crate) fn edit(
+    headers: &mut HeaderMap,
+    name: &str,
+    mut edit: impl FnMut(&str) -> Edit,
+) -> bool {
+    let mut changed = false;
+    let mut fields: Vec<HeaderValue> = Vec::new();
+    for field in headers.get_all(COOKIE) {
         let mut kept: Vec<u8> = Vec::with_capacity(field.len());
-        for pair in pairs(field.as_bytes()).filter(|pair| !ours(pair)) {
+        let mut field_changed = false;
+        for pair in pairs(field.as_bytes()) {
+            let replacement = match parse(pair) {
+                Some(cookie) if cookie.name() == name => {
+                    match edit(cookie.value_raw().unwrap_or_default()) {
+                        Edit::Keep => None,
+                        Edit::Remove => Some(None),
+                        Edit::Value(value) => Some(Some(format!("{name}={value}"))),
+                    }
+                }
+                _ => None,
+            };
+            let bytes: &[u8] = match &replacement {
+                None => pair,
+                Some(None) => {
+                    field_changed = true;
+                    continue;
+                }
+                Some(Some(new)) => {
+                    field_changed = true;
+                    new.as_bytes()
+                }
+            };
             if kept.is_empty() {
                 // The first kept pair loses the whitespace that followed a removed `;`.
                 let start =
-                    pair.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(pair.len());
-                kept.extend_from_slice(&pair[start..]);
+                    bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+                kept.extend_from_slice(&bytes[start..]);
             } else {
                 kept.push(b';');
-                kept.extend_from_slice(pair);
+                if replacement.is_some() {
+                    // A rewritten pair keeps the whitespace that preceded it.
+                    let ws = pair.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                    kept.extend_from_slice(&pair[..ws]);
+                }
+                kept.extend_from_slice(bytes);
             }
         }
-        if kept.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        // The bytes come from a valid header value, minus whole pairs: still valid.
-        if let Ok(value) = HeaderValue::from_bytes(&kept) {
-            headers.append(COOKIE, value);
+        changed |= field_changed;
+        if !field_changed {
+            fields.push(field.clone());
+        } else if !kept.iter().all(u8::is_ascii_whitespace) {
+            // The bytes come from a valid header value or from a token: still valid.
+            if let Ok(value) = HeaderValue::from_bytes(&kept) {
+                fields.push(value);
+            }
         }
     }
-    true
+    if changed {
+        headers.remove(COOKIE);
+        for field in fields {
+            headers.append(COOKIE, field);
+        }
+    }
+    changed
+}
+
+/// Removes every cookie named `name` from every `Cookie` field; see [`edit`].
+pub(crate) fn strip(headers: &mut HeaderMap, name: &str) -> bool {
+    edit(headers, name, |_| Edit::Remove)
 }
 
 #[cfg(test)]
@@ -111,6 +161,18 @@ mod tests {
             assert_eq!(got.first().copied(), *expected, "{}", String::from_utf8_lossy(input));
             assert!(got.len() <= 1);
         }
+    }
+
+    #[test]
+    fn rewrites_values_in_place() {
+        let mut map = headers(&[b"a=1;  sid=x~app; b=2", b"sid=y~other"]);
+        assert!(edit(&mut map, "sid", |v| match v.split_once('~') {
+            Some((_, rest)) => Edit::Value(rest.to_owned()),
+            None => Edit::Keep,
+        }));
+        assert_eq!(fields(&map), vec![&b"a=1;  sid=app; b=2"[..], b"sid=other"]);
+        let mut map = headers(&[b"a=1; sid=plain"]);
+        assert!(!edit(&mut map, "sid", |_| Edit::Keep));
     }
 
     #[test]

@@ -3,3 +3,5 @@
 
 pub(crate) mod cookie;
 pub(crate) mod header;
+pub(crate) mod set_cookie;
+pub(crate) mod url;

@@ -5,17 +5,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use http::Response;
+use http::{Method, Response};
 use pin_project_lite::pin_project;
 
 use super::Decision;
 use super::settings::Settings;
+use crate::strategy::Reply;
 use crate::token::Codec;
 use crate::{EndpointKey, ServedBy};
 
 /// What the request brought, kept until the response comes.
 pub(super) enum Pending<K> {
-    Pinned { key: K, issued: u64, refreshed: u64 },
+    Pinned { key: K, issued: Option<u64>, refreshed: Option<u64> },
     Unpinned(Decision),
 }
 
@@ -26,14 +27,21 @@ pin_project! {
         inner: F,
         settings: Arc<Settings<C>>,
         pending: Option<Pending<K>>,
+        method: Method,
         now: u64,
         _key: PhantomData<fn() -> K>,
     }
 }
 
 impl<F, K, C> ResponseFuture<F, K, C> {
-    pub(super) fn new(inner: F, settings: Arc<Settings<C>>, pending: Pending<K>, now: u64) -> Self {
-        Self { inner, settings, pending: Some(pending), now, _key: PhantomData }
+    pub(super) fn new(
+        inner: F,
+        settings: Arc<Settings<C>>,
+        pending: Pending<K>,
+        method: Method,
+        now: u64,
+    ) -> Self {
+        Self { inner, settings, pending: Some(pending), method, now, _key: PhantomData }
     }
 }
 
@@ -53,35 +61,30 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut res = ready!(this.inner.poll(cx))?;
-        let Some(pending) = this.pending.take() else {
-            return Poll::Ready(Ok(res));
-        };
+        let res = ready!(this.inner.poll(cx))?;
+        let Some(pending) = this.pending.take() else { return Poll::Ready(Ok(res)) };
+        let (mut parts, body) = res.into_parts();
         // A response without a tag was not balanced (an error page, a route without
         // endpoints): there is nothing to say about the session.
-        let Some(ServedBy(served)) = ServedBy::<K>::take(res.extensions_mut()) else {
-            return Poll::Ready(Ok(res));
+        let Some(ServedBy(served)) = ServedBy::<K>::take(&mut parts.extensions) else {
+            return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
         };
         let now = *this.now;
         let settings = &**this.settings;
-        let decision = match pending {
+        let (decision, issued, due) = match pending {
             Pending::Pinned { key, issued, refreshed } if key == served => {
-                if settings.refresh_due(refreshed, now) {
-                    settings.write(res.headers_mut(), &served, issued, now);
-                }
-                Decision::Pinned
+                let due = settings.refresh_due(issued, refreshed, now);
+                (Decision::Pinned, issued.unwrap_or(now), due)
             }
-            Pending::Pinned { .. } => {
-                settings.write(res.headers_mut(), &served, now, now);
-                Decision::Repinned
-            }
-            Pending::Unpinned(decision) => {
-                settings.write(res.headers_mut(), &served, now, now);
-                decision
-            }
+            Pending::Pinned { .. } => (Decision::Repinned, now, true),
+            Pending::Unpinned(decision) => (decision, now, true),
         };
+        let make_token = || settings.token(&served, issued, now);
+        let reply =
+            Reply::new(decision, due, this.method, settings.max_age(issued, now), &make_token);
+        settings.strategy.on_response(&settings.policy, &mut parts, &reply);
         tracing::debug!(decision = %decision, endpoint = ?served, scope = %settings.scope, "session");
-        res.extensions_mut().insert(decision);
-        Poll::Ready(Ok(res))
+        parts.extensions.insert(decision);
+        Poll::Ready(Ok(http::Response::from_parts(parts, body)))
     }
 }

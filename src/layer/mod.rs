@@ -58,7 +58,8 @@ use tower_layer::Layer;
 pub use self::future::ResponseFuture;
 pub use self::service::SessionPersistence;
 use self::settings::Settings;
-use crate::policy::SessionPolicy;
+use crate::policy::{Carrier, SessionPolicy};
+use crate::strategy::{Header, Insert, Strategy};
 use crate::token::{Codec, SignedCodec};
 #[cfg(doc)]
 use crate::{PinnedEndpoint, ServedBy};
@@ -131,10 +132,15 @@ impl<K, C: Codec> SessionPersistenceLayer<K, C> {
     pub fn new(policy: SessionPolicy, codec: C) -> Self {
         let scope = policy.name().to_owned();
         let refresh = policy.idle_timeout().map(|idle| idle / 4);
+        let strategy: Box<dyn Strategy> = match policy.carrier() {
+            Carrier::Cookie(_) => Box::new(Insert::new().indirect(policy.indirect())),
+            Carrier::Header(_) => Box::new(Header),
+        };
         Self {
             settings: Arc::new(Settings {
                 policy,
                 codec,
+                strategy,
                 scope,
                 max_skew: Duration::from_secs(60),
                 refresh,
@@ -158,6 +164,17 @@ impl<K, C: Codec> SessionPersistenceLayer<K, C> {
         self
     }
 
+    /// How the session travels (default: [`Insert`] for cookies, [`Header`] for headers); see
+    /// the [`strategy`](crate::strategy) module.
+    ///
+    /// # Panics
+    ///
+    /// If the layer has been cloned already: configure it first.
+    pub fn strategy(mut self, strategy: impl Strategy) -> Self {
+        self.settings_mut().strategy = Box::new(strategy);
+        self
+    }
+
     /// How far in the future a token's times may lie before it is refused (default 60 s), to
     /// allow for clock differences between replicas.
     ///
@@ -169,9 +186,10 @@ impl<K, C: Codec> SessionPersistenceLayer<K, C> {
         self
     }
 
-    /// With an idle timeout, how old a token may get before it is re-issued with a new
-    /// refresh time (default a quarter of the idle timeout). A session survives any gap
-    /// between requests shorter than the idle timeout minus this interval.
+    /// How old a token may get before it is re-issued with a new refresh time (default a
+    /// quarter of the idle timeout, or never without one). A session survives any gap between
+    /// requests shorter than the idle timeout minus this interval. Zero re-issues whenever the
+    /// refresh time has passed, as HAProxy does with `maxidle`.
     ///
     /// # Panics
     ///

@@ -81,24 +81,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let now = now();
-        let incoming = self.settings.read::<K>(req.headers(), now);
-        self.settings.strip(req.headers_mut());
-        let pending = match incoming {
+        let (mut parts, body) = req.into_parts();
+        let pending = match self.settings.read::<K>(&mut parts, now) {
             Incoming::Valid { key, issued, refreshed } => {
-                PinnedEndpoint(key.clone()).insert(req.extensions_mut());
+                PinnedEndpoint(key.clone()).insert(&mut parts.extensions);
                 Pending::Pinned { key, issued, refreshed }
             }
             Incoming::Unusable(decision) => {
                 // A pin left by someone else must not be honoured under our session.
-                PinnedEndpoint::<K>::take(req.extensions_mut());
+                PinnedEndpoint::<K>::take(&mut parts.extensions);
+                if decision != Decision::New {
+                    tracing::debug!(decision = %decision, scope = %self.settings.scope, "session not honoured");
+                }
                 Pending::Unpinned(decision)
             }
         };
-        if let Pending::Unpinned(decision @ (Decision::Invalid | Decision::Expired)) = pending {
-            tracing::debug!(decision = %decision, scope = %self.settings.scope, "session not honoured");
-        }
-        ResponseFuture::new(self.inner.call(req), self.settings.clone(), pending, now)
+        let method = parts.method.clone();
+        let future = self.inner.call(Request::from_parts(parts, body));
+        ResponseFuture::new(future, self.settings.clone(), pending, method, now)
     }
 }

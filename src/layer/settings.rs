@@ -1,20 +1,20 @@
-//! The layer's configuration and the three things it does with a session: read, strip, write.
+//! The layer's configuration and what it does with a session: read it, judge it, write it.
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderMap;
-use http::header::{HeaderValue, SET_COOKIE};
+use http::request;
 
 use super::Decision;
 use crate::EndpointKey;
-use crate::carrier;
 use crate::policy::{Carrier, Lifetime, SessionPolicy};
+use crate::strategy::Strategy;
 use crate::token::{Binding, Claims, Codec};
 
 pub(crate) struct Settings<C> {
     pub(crate) policy: SessionPolicy,
     pub(crate) codec: C,
+    pub(crate) strategy: Box<dyn Strategy>,
     pub(crate) scope: String,
     pub(crate) max_skew: Duration,
     pub(crate) refresh: Option<Duration>,
@@ -25,6 +25,7 @@ impl<C> fmt::Debug for Settings<C> {
         // The codec holds keys: leave it out.
         f.debug_struct("Settings")
             .field("policy", &self.policy)
+            .field("strategy", &self.strategy)
             .field("scope", &self.scope)
             .field("max_skew", &self.max_skew)
             .field("refresh", &self.refresh)
@@ -36,7 +37,7 @@ impl<C> fmt::Debug for Settings<C> {
 #[derive(Debug)]
 pub(crate) enum Incoming<K> {
     /// A valid session for endpoint `K`.
-    Valid { key: K, issued: u64, refreshed: u64 },
+    Valid { key: K, issued: Option<u64>, refreshed: Option<u64> },
     /// No usable session, and why: [`Decision::New`], [`Decision::Expired`] or
     /// [`Decision::Invalid`].
     Unusable(Decision),
@@ -52,25 +53,36 @@ impl<C: Codec> Settings<C> {
         Binding { name: self.policy.name(), scope: &self.scope }
     }
 
-    /// Finds, verifies and checks the age of the request's session.
-    pub(crate) fn read<K: EndpointKey>(&self, headers: &HeaderMap, now: u64) -> Incoming<K> {
-        let token = match self.policy.carrier() {
-            Carrier::Cookie(_) => carrier::cookie::find(headers, self.policy.name()),
-            Carrier::Header(name) => carrier::header::find(headers, name),
-        };
-        let Some(token) = token else {
+    /// Lets the strategy find the token (and prepare the request for the backend), then
+    /// verifies it and checks its age.
+    pub(crate) fn read<K: EndpointKey>(&self, req: &mut request::Parts, now: u64) -> Incoming<K> {
+        let Some(token) = self.strategy.on_request(&self.policy, req) else {
             return Incoming::Unusable(Decision::New);
         };
-        let Some(claims) = self.codec.decode(token, self.binding()) else {
+        let incoming = self.judge(&token, now);
+        if matches!(incoming, Incoming::Valid { .. }) {
+            self.strategy.on_valid(&self.policy, req, &token);
+        }
+        incoming
+    }
+
+    fn judge<K: EndpointKey>(&self, token: &str, now: u64) -> Incoming<K> {
+        let Some(Claims { endpoint, issued, refreshed }) = self.codec.decode(token, self.binding())
+        else {
             return Incoming::Unusable(Decision::Invalid);
         };
-        let Claims { endpoint, issued, refreshed } = claims;
         let latest = now.saturating_add(self.max_skew.as_secs());
-        if issued > latest || refreshed > latest || refreshed < issued {
+        let future = |t: Option<u64>| t.is_some_and(|t| t > latest);
+        if future(issued)
+            || future(refreshed)
+            || matches!((issued, refreshed), (Some(i), Some(r)) if r < i)
+        {
             return Incoming::Unusable(Decision::Invalid);
         }
-        let outlived = |since: u64, timeout: Option<Duration>| {
-            timeout.is_some_and(|t| now.saturating_sub(since) >= t.as_secs())
+        // A token without a date (a plain HAProxy value) cannot have outlived anything.
+        let outlived = |since: Option<u64>, timeout: Option<Duration>| match (since, timeout) {
+            (Some(since), Some(t)) => now.saturating_sub(since) >= t.as_secs(),
+            _ => false,
         };
         if outlived(issued, self.policy.absolute_timeout())
             || outlived(refreshed, self.policy.idle_timeout())
@@ -83,68 +95,42 @@ impl<C: Codec> Settings<C> {
         }
     }
 
-    /// Removes the session from what the backend will see, where the policy says so.
-    pub(crate) fn strip(&self, headers: &mut HeaderMap) {
-        match self.policy.carrier() {
-            Carrier::Cookie(_) if self.policy.indirect() => {
-                carrier::cookie::strip(headers, self.policy.name());
-            }
-            Carrier::Cookie(_) => {}
-            Carrier::Header(name) => {
-                carrier::header::strip(headers, name);
-            }
-        }
-    }
-
-    /// Whether a still-valid token should be re-issued to move its refresh time forward.
-    pub(crate) fn refresh_due(&self, refreshed: u64, now: u64) -> bool {
-        self.refresh.is_some_and(|every| now.saturating_sub(refreshed) >= every.as_secs())
-    }
-
-    /// Writes a token for `key` into the response: an appended `Set-Cookie`, or the session
-    /// header.
-    pub(crate) fn write<K: EndpointKey>(
+    /// Whether a valid token that stays on its endpoint should still be written again: its
+    /// refresh time is older than the refresh interval, or it lacks a date the timeouts need.
+    pub(crate) fn refresh_due(
         &self,
-        headers: &mut HeaderMap,
-        key: &K,
-        issued: u64,
+        issued: Option<u64>,
+        refreshed: Option<u64>,
         now: u64,
-    ) {
-        let claims = Claims { endpoint: key.to_bytes().into_owned(), issued, refreshed: now };
-        let token = self.codec.encode(&claims, self.binding());
-        match self.policy.carrier() {
-            Carrier::Cookie(attributes) => {
-                let mut cookie = cookie::Cookie::build((self.policy.name(), token))
-                    .path(attributes.path.as_str())
-                    .http_only(attributes.http_only)
-                    .secure(attributes.secure);
-                if let Some(same_site) = attributes.same_site {
-                    cookie = cookie.same_site(same_site);
-                }
-                if let Some(domain) = &attributes.domain {
-                    cookie = cookie.domain(domain.as_str());
-                }
-                if attributes.lifetime == Lifetime::Permanent
-                    && let Some(absolute) = self.policy.absolute_timeout()
-                {
-                    // What is left of the session's absolute lifetime.
-                    let left = (issued + absolute.as_secs()).saturating_sub(now);
-                    let left = i64::try_from(left).unwrap_or(i64::MAX);
-                    cookie = cookie.max_age(cookie::time::Duration::seconds(left));
-                }
-                match HeaderValue::try_from(cookie.build().to_string()) {
-                    Ok(value) => {
-                        headers.append(SET_COOKIE, value);
-                    }
-                    Err(_) => tracing::warn!("session cookie is not a valid header value"),
-                }
-            }
-            Carrier::Header(name) => match HeaderValue::try_from(token) {
-                Ok(value) => {
-                    headers.insert(name.clone(), value);
-                }
-                Err(_) => tracing::warn!("session token is not a valid header value"),
-            },
+    ) -> bool {
+        let absolute = self.policy.absolute_timeout().is_some();
+        let rolling = self.refresh.is_some() || self.policy.idle_timeout().is_some();
+        if (absolute && issued.is_none()) || (rolling && refreshed.is_none()) {
+            return true;
         }
+        match (self.refresh, refreshed) {
+            (Some(every), Some(refreshed)) => now > refreshed.saturating_add(every.as_secs()),
+            _ => false,
+        }
+    }
+
+    /// The token naming `key` for a session first issued at `issued`, written now.
+    pub(crate) fn token<K: EndpointKey>(&self, key: &K, issued: u64, now: u64) -> Option<String> {
+        let claims = Claims {
+            endpoint: key.to_bytes().into_owned(),
+            issued: Some(issued),
+            refreshed: Some(now),
+        };
+        self.codec.encode(&claims, self.binding())
+    }
+
+    /// For permanent cookies, what is left of the session's absolute lifetime.
+    pub(crate) fn max_age(&self, issued: u64, now: u64) -> Option<Duration> {
+        let Carrier::Cookie(attributes) = self.policy.carrier() else { return None };
+        if attributes.lifetime != Lifetime::Permanent {
+            return None;
+        }
+        let absolute = self.policy.absolute_timeout()?.as_secs();
+        Some(Duration::from_secs(issued.saturating_add(absolute).saturating_sub(now)))
     }
 }

@@ -71,14 +71,18 @@ pub enum Carrier {
 pub struct CookieAttributes {
     /// `Path`.
     pub path: String,
-    /// `Domain`, if any.
-    pub domain: Option<String>,
+    /// `Domain` attributes, in order (HAProxy allows several; browsers use the last).
+    pub domains: Vec<String>,
     /// `HttpOnly`.
     pub http_only: bool,
     /// `Secure`.
     pub secure: bool,
     /// `SameSite`; `None` leaves the attribute out.
     pub same_site: Option<SameSite>,
+    /// `Partitioned` (CHIPS).
+    pub partitioned: bool,
+    /// Further attributes written as they are (`Priority=High`), as HAProxy's `attr`.
+    pub extra: Vec<String>,
     /// Session or permanent.
     pub lifetime: Lifetime,
 }
@@ -87,10 +91,12 @@ impl Default for CookieAttributes {
     fn default() -> Self {
         Self {
             path: "/".to_owned(),
-            domain: None,
+            domains: Vec::new(),
             http_only: true,
             secure: true,
             same_site: Some(SameSite::Strict),
+            partitioned: false,
+            extra: Vec::new(),
             lifetime: Lifetime::Session,
         }
     }
@@ -200,10 +206,27 @@ impl PolicyBuilder {
         self
     }
 
-    /// The cookie's `Domain` (default none). Ignored for header sessions.
+    /// Adds a `Domain` attribute (default none; repeatable). Ignored for header sessions.
     pub fn domain(mut self, domain: impl Into<String>) -> Self {
         if let Some(c) = self.cookie_mut() {
-            c.domain = Some(domain.into());
+            c.domains.push(domain.into());
+        }
+        self
+    }
+
+    /// Whether the cookie is `Partitioned` (default `false`). Ignored for header sessions.
+    pub fn partitioned(mut self, on: bool) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.partitioned = on;
+        }
+        self
+    }
+
+    /// Adds an attribute written as it is, such as `Priority=High` (HAProxy's `attr`).
+    /// Ignored for header sessions.
+    pub fn attribute(mut self, attribute: impl Into<String>) -> Self {
+        if let Some(c) = self.cookie_mut() {
+            c.extra.push(attribute.into());
         }
         self
     }
@@ -263,8 +286,11 @@ impl PolicyBuilder {
         let carrier = match self.carrier {
             CarrierKind::Cookie(attributes) => {
                 check_path(&attributes.path)?;
-                if let Some(domain) = &attributes.domain {
+                for domain in &attributes.domains {
                     check_domain(domain)?;
+                }
+                for attribute in &attributes.extra {
+                    check_attribute(attribute)?;
                 }
                 if attributes.lifetime == Lifetime::Permanent && self.absolute_timeout.is_none() {
                     return Err(PolicyError::new(
@@ -330,6 +356,19 @@ fn check_domain(domain: &str) -> Result<(), PolicyError> {
     } else {
         Err(PolicyError::new("cookie.domain", "must be a host name: letters, digits, '-' and '.'"))
     }
+}
+
+fn check_attribute(attribute: &str) -> Result<(), PolicyError> {
+    // RFC 6265 extension-av: any CHAR except CTLs or ";".
+    if attribute.is_empty()
+        || attribute.bytes().any(|b| b == b';' || b.is_ascii_control() || b > 0x7e)
+    {
+        return Err(PolicyError::new(
+            "cookie.attributes",
+            "must be non-empty and contain no ';', control or non-ASCII characters",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //! Tokens are stateless: any gateway replica holding the same keys reads them, and the server
 //! keeps nothing per session.
 
+mod plain;
 mod signed;
 
+pub use self::plain::{Dates, PlainCodec};
 pub use self::signed::{MIN_KEY_LEN, SignedCodec};
 
 /// What a token says about a session.
@@ -17,10 +19,12 @@ pub use self::signed::{MIN_KEY_LEN, SignedCodec};
 pub struct Claims {
     /// The endpoint's key, as [`EndpointKey::to_bytes`](crate::EndpointKey::to_bytes) wrote it.
     pub endpoint: Vec<u8>,
-    /// When the session was first issued, in seconds since the Unix epoch.
-    pub issued: u64,
-    /// When the token was last written, in seconds since the Unix epoch.
-    pub refreshed: u64,
+    /// When the session was first issued, in seconds since the Unix epoch; `None` when the
+    /// token carries no such date (a dateless HAProxy cookie).
+    pub issued: Option<u64>,
+    /// When the token was last written, in seconds since the Unix epoch; `None` when the token
+    /// carries no such date.
+    pub refreshed: Option<u64>,
 }
 
 /// The context a token is bound to: a token made for one binding is rejected under any other.
@@ -38,8 +42,9 @@ pub struct Binding<'a> {
 /// [`Binding`]: forged, tampered, truncated or foreign tokens all mean "no session".
 pub trait Codec: Send + Sync + 'static {
     /// Writes `claims` as a token for `binding`. The result must be a valid cookie value and
-    /// header value (RFC 6265 `cookie-octet`s).
-    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> String;
+    /// header value (RFC 6265 `cookie-octet`s). `None` when this codec cannot name the endpoint
+    /// (the layer then tells the client to drop its session).
+    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String>;
 
     /// Reads the claims of `token` if this codec wrote it for `binding`.
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims>;

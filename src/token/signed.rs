@@ -39,9 +39,9 @@ pub const MIN_KEY_LEN: usize = 32;
 /// use tower_session_persistence::token::{Binding, Claims, Codec, SignedCodec};
 ///
 /// let codec = SignedCodec::new([[7u8; 32]])?;
-/// let claims = Claims { endpoint: b"10.0.0.7:8080".to_vec(), issued: 1_700_000_000, refreshed: 1_700_000_000 };
+/// let claims = Claims { endpoint: b"10.0.0.7:8080".to_vec(), issued: Some(1_700_000_000), refreshed: Some(1_700_000_000) };
 /// let binding = Binding { name: "shop", scope: "default/shop/0" };
-/// let token = codec.encode(&claims, binding);
+/// let token = codec.encode(&claims, binding).unwrap();
 /// assert!(!token.contains("10.0.0.7"));
 /// assert_eq!(codec.decode(&token, binding), Some(claims));
 /// // Another rule, or another cookie name, never accepts it.
@@ -108,18 +108,18 @@ fn seconds(time: u64) -> [u8; 4] {
 }
 
 impl Codec for SignedCodec {
-    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> String {
+    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String> {
         let mut header = [0u8; HEADER_LEN];
         header[0] = VERSION;
-        header[1..5].copy_from_slice(&seconds(claims.issued));
-        header[5..9].copy_from_slice(&seconds(claims.refreshed));
+        header[1..5].copy_from_slice(&seconds(claims.issued.unwrap_or(0)));
+        header[5..9].copy_from_slice(&seconds(claims.refreshed.unwrap_or(0)));
         let sealed = Self::cipher(&self.keys[0])
             .encrypt(associated_data(&header, binding), &claims.endpoint)
             .expect("AES-SIV takes any plaintext with four associated data items");
         let mut bytes = Vec::with_capacity(HEADER_LEN + sealed.len());
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&sealed);
-        URL_SAFE_NO_PAD.encode(bytes)
+        Some(URL_SAFE_NO_PAD.encode(bytes))
     }
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
@@ -137,7 +137,7 @@ impl Codec for SignedCodec {
         let time = |range: std::ops::Range<usize>| {
             u64::from(u32::from_be_bytes(header[range].try_into().expect("4 bytes")))
         };
-        Some(Claims { endpoint, issued: time(1..5), refreshed: time(5..9) })
+        Some(Claims { endpoint, issued: Some(time(1..5)), refreshed: Some(time(5..9)) })
     }
 }
 
@@ -150,29 +150,29 @@ mod tests {
     fn claims() -> Claims {
         Claims {
             endpoint: b"127.0.0.1:9001".to_vec(),
-            issued: 1_800_000_000,
-            refreshed: 1_800_000_100,
+            issued: Some(1_800_000_000),
+            refreshed: Some(1_800_000_100),
         }
     }
 
     #[test]
     fn round_trips_and_hides_the_endpoint() {
         let codec = SignedCodec::new([[1u8; 32]]).unwrap();
-        let token = codec.encode(&claims(), B);
+        let token = codec.encode(&claims(), B).unwrap();
         assert_eq!(codec.decode(&token, B), Some(claims()));
         let raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
         assert!(!raw.windows(9).any(|w| w == b"127.0.0.1"), "endpoint visible in {raw:?}");
         // Short keys (8 bytes, less than one AES block) work too.
         let short = Claims { endpoint: 7u64.to_be_bytes().to_vec(), ..claims() };
-        assert_eq!(codec.decode(&codec.encode(&short, B), B), Some(short));
+        assert_eq!(codec.decode(&codec.encode(&short, B).unwrap(), B), Some(short));
         let empty = Claims { endpoint: Vec::new(), ..claims() };
-        assert_eq!(codec.decode(&codec.encode(&empty, B), B), Some(empty));
+        assert_eq!(codec.decode(&codec.encode(&empty, B).unwrap(), B), Some(empty));
     }
 
     #[test]
     fn rejects_every_single_bit_flip_and_truncation() {
         let codec = SignedCodec::new([[1u8; 32]]).unwrap();
-        let raw = URL_SAFE_NO_PAD.decode(codec.encode(&claims(), B)).unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(codec.encode(&claims(), B).unwrap()).unwrap();
         for i in 0..raw.len() {
             for bit in 0..8 {
                 let mut bad = raw.clone();
@@ -195,10 +195,10 @@ mod tests {
         let old = SignedCodec::new([[1u8; 32]]).unwrap();
         let rotated = SignedCodec::new([[2u8; 32], [1u8; 32]]).unwrap();
         let other = SignedCodec::new([[3u8; 32]]).unwrap();
-        let token = old.encode(&claims(), B);
+        let token = old.encode(&claims(), B).unwrap();
         assert_eq!(rotated.decode(&token, B), Some(claims()), "older keys still verify");
         assert_eq!(other.decode(&token, B), None);
-        assert_eq!(old.decode(&rotated.encode(&claims(), B), B), None, "new key signs");
+        assert_eq!(old.decode(&rotated.encode(&claims(), B).unwrap(), B), None, "new key signs");
         assert_eq!(old.decode(&token, Binding { name: "t", scope: "r/0" }), None);
         assert_eq!(old.decode(&token, Binding { name: "s", scope: "r/1" }), None);
     }

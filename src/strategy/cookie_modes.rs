@@ -1,0 +1,239 @@
+//! The cookie strategies, in HAProxy's words: insert, rewrite, prefix, passive.
+
+use http::header::{CACHE_CONTROL, HeaderValue, SET_COOKIE};
+use http::{Method, request, response};
+
+use super::cache::cacheable;
+use super::{Reply, Strategy};
+use crate::carrier::cookie::{self as cookies, Edit};
+use crate::carrier::set_cookie::{self, Rewrite as SetCookieEdit};
+use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
+
+/// The gateway's own cookie (HAProxy `insert`), the default for cookie sessions.
+///
+/// * `indirect` (default on): the cookie is removed before the request reaches the backend.
+/// * `preserve` (default off): when the backend sets a cookie of the same name itself, it is
+///   passed on and nothing is inserted, so the application can end persistence (a logout).
+///   Without it, the backend's cookie of that name is removed.
+/// * `nocache` (default off): when a cookie is inserted into a response that a shared cache
+///   could store, `Cache-Control: private` is added, as HAProxy 2.6 does.
+/// * `postonly` (default off): cookies are inserted only into responses to `POST`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Insert {
+    indirect: bool,
+    preserve: bool,
+    nocache: bool,
+    postonly: bool,
+}
+
+impl Default for Insert {
+    fn default() -> Self {
+        Self { indirect: true, preserve: false, nocache: false, postonly: false }
+    }
+}
+
+impl Insert {
+    /// `insert indirect`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to remove our cookie before the backend sees the request.
+    pub fn indirect(mut self, on: bool) -> Self {
+        self.indirect = on;
+        self
+    }
+
+    /// Whether a backend's own cookie of our name wins over ours.
+    pub fn preserve(mut self, on: bool) -> Self {
+        self.preserve = on;
+        self
+    }
+
+    /// Whether to add `Cache-Control: private` when inserting into a cacheable response.
+    pub fn nocache(mut self, on: bool) -> Self {
+        self.nocache = on;
+        self
+    }
+
+    /// Whether to insert only into responses to `POST`.
+    pub fn postonly(mut self, on: bool) -> Self {
+        self.postonly = on;
+        self
+    }
+}
+
+/// The `Set-Cookie` value for `token`, or a deletion when there is none.
+pub(crate) fn set_cookie_value(
+    name: &str,
+    attributes: &CookieAttributes,
+    token: Option<&str>,
+    max_age: Option<std::time::Duration>,
+) -> Option<HeaderValue> {
+    let mut cookie = cookie::Cookie::build((name, token.unwrap_or_default()))
+        .path(attributes.path.as_str())
+        .http_only(attributes.http_only)
+        .secure(attributes.secure)
+        .partitioned(attributes.partitioned);
+    if let Some(same_site) = attributes.same_site {
+        cookie = cookie.same_site(same_site);
+    }
+    if let Some(domain) = attributes.domains.first() {
+        cookie = cookie.domain(domain.as_str());
+    }
+    let mut cookie = cookie.build();
+    match (token, max_age) {
+        (None, _) => cookie.make_removal(),
+        (Some(_), Some(age)) => {
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+            ));
+        }
+        (Some(_), None) => {}
+    }
+    let mut text = cookie.to_string();
+    // The cookie crate knows one Domain and no free-form attributes; both were validated when
+    // the policy was built, so appending them keeps the header well-formed.
+    for domain in attributes.domains.iter().skip(1) {
+        text.push_str("; Domain=");
+        text.push_str(domain);
+    }
+    for attribute in &attributes.extra {
+        text.push_str("; ");
+        text.push_str(attribute);
+    }
+    HeaderValue::try_from(text).ok()
+}
+
+fn cookie_attributes(policy: &SessionPolicy) -> CookieAttributes {
+    match policy.carrier() {
+        Carrier::Cookie(attributes) => attributes.clone(),
+        _ => CookieAttributes::default(),
+    }
+}
+
+impl Strategy for Insert {
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+        let token = cookies::find(&req.headers, policy.name()).map(str::to_owned);
+        if self.indirect {
+            cookies::strip(&mut req.headers, policy.name());
+        }
+        token
+    }
+
+    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+        let name = policy.name();
+        if set_cookie::sets(&res.headers, name) {
+            if self.preserve {
+                return;
+            }
+            set_cookie::rewrite(&mut res.headers, name, |_| SetCookieEdit::Remove);
+        }
+        if !reply.is_due() || (self.postonly && reply.method() != Method::POST) {
+            return;
+        }
+        let attributes = match policy.carrier() {
+            Carrier::Cookie(attributes) => attributes,
+            _ => &cookie_attributes(policy),
+        };
+        let Some(value) = set_cookie_value(name, attributes, reply.token(), reply.max_age()) else {
+            tracing::warn!("session cookie is not a valid header value");
+            return;
+        };
+        res.headers.append(SET_COOKIE, value);
+        if self.nocache && cacheable(reply.method(), res.status, &res.headers) {
+            res.headers.append(CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+    }
+}
+
+/// The backend's own cookie carries the session (HAProxy `rewrite`): the value of every
+/// `Set-Cookie` of that name is replaced by the token, every attribute kept. With `indirect`
+/// (off by default; HAProxy refuses it) the cookie is removed from requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Rewrite {
+    indirect: bool,
+}
+
+impl Rewrite {
+    /// `rewrite`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to remove the cookie before the backend sees the request.
+    pub fn indirect(mut self, on: bool) -> Self {
+        self.indirect = on;
+        self
+    }
+}
+
+impl Strategy for Rewrite {
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+        let token = cookies::find(&req.headers, policy.name()).map(str::to_owned);
+        if self.indirect {
+            cookies::strip(&mut req.headers, policy.name());
+        }
+        token
+    }
+
+    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+        if !set_cookie::sets(&res.headers, policy.name()) {
+            return;
+        }
+        if let Some(token) = reply.token() {
+            set_cookie::rewrite(&mut res.headers, policy.name(), |_| {
+                SetCookieEdit::Value(token.to_owned())
+            });
+        }
+    }
+}
+
+/// The backend's own cookie is prefixed with the token (HAProxy `prefix`): the backend's
+/// `JSESSIONID=abc` reaches the client as `JSESSIONID=<token>~abc` and comes back to the
+/// backend as `JSESSIONID=abc`. The split is at the first `~`; a value without `~` passes
+/// unchanged and carries no session; an unknown token is still stripped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prefix;
+
+impl Strategy for Prefix {
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+        let mut first: Option<Option<String>> = None;
+        cookies::edit(&mut req.headers, policy.name(), |value| {
+            let split = value.split_once('~');
+            // The first occurrence decides, as in HAProxy; without `~` its whole value is the id.
+            first.get_or_insert_with(|| Some(split.map_or(value, |(id, _)| id).to_owned()));
+            match split {
+                Some((_, rest)) => Edit::Value(rest.to_owned()),
+                None => Edit::Keep,
+            }
+        });
+        first.flatten()
+    }
+
+    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+        if !set_cookie::sets(&res.headers, policy.name()) {
+            return;
+        }
+        if let Some(token) = reply.token() {
+            set_cookie::rewrite(&mut res.headers, policy.name(), |value| {
+                SetCookieEdit::Value(format!("{token}~{value}"))
+            });
+        }
+    }
+}
+
+/// Read-only (HAProxy's `cookie NAME` with no mode): the cookie picks the endpoint; neither
+/// the request nor the response is changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Passive;
+
+impl Strategy for Passive {
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+        cookies::find(&req.headers, policy.name()).map(str::to_owned)
+    }
+
+    fn on_response(&self, _: &SessionPolicy, _: &mut response::Parts, _: &Reply<'_>) {}
+}

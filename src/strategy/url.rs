@@ -1,0 +1,96 @@
+use http::header::{HeaderName, HeaderValue, LOCATION};
+use http::uri::PathAndQuery;
+use http::{Uri, request, response};
+
+use super::{Reply, Strategy};
+use crate::carrier::url::{self as urls, Place};
+use crate::policy::SessionPolicy;
+
+/// The session travels in the URL, named as the policy names it: a path parameter
+/// (`/cart;jsessionid=TOKEN?x=1`, servlet style) or a query parameter (`/cart?session=TOKEN`).
+///
+/// * `strip` (default on): the parameter is removed before the backend sees the URL; the rest
+///   of the URL stays byte-exact.
+/// * `expose_header` (default none): a valid session's token is offered to the backend in this
+///   request header, so that the application can write it into its links; a client's own value
+///   of that header is always removed.
+///
+/// On redirects (a `Location` header), the token is added to the target URL whenever a new
+/// session is due.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub struct Url {
+    place: Place,
+    strip: bool,
+    expose: Option<HeaderName>,
+}
+
+impl Url {
+    /// A path parameter: `;name=TOKEN` after a path segment.
+    pub fn path_parameter() -> Self {
+        Self { place: Place::PathParameter, strip: true, expose: None }
+    }
+
+    /// A query parameter: `name=TOKEN`.
+    pub fn query() -> Self {
+        Self { place: Place::Query, strip: true, expose: None }
+    }
+
+    /// Whether to remove the parameter before the backend sees the URL.
+    pub fn strip(mut self, on: bool) -> Self {
+        self.strip = on;
+        self
+    }
+
+    /// Offers a valid session's token to the backend in `header`.
+    pub fn expose_header(mut self, header: HeaderName) -> Self {
+        self.expose = Some(header);
+        self
+    }
+}
+
+fn with_target(uri: &Uri, target: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+impl Strategy for Url {
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+        if let Some(header) = &self.expose {
+            req.headers.remove(header);
+        }
+        let target = req.uri.path_and_query().map(PathAndQuery::as_str)?;
+        let token = urls::find(target, self.place, policy.name()).map(str::to_owned);
+        if self.strip
+            && token.is_some()
+            && let Some(stripped) = urls::strip(target, self.place, policy.name())
+            && let Some(uri) = with_target(&req.uri, &stripped)
+        {
+            req.uri = uri;
+        }
+        token
+    }
+
+    fn on_valid(&self, _policy: &SessionPolicy, req: &mut request::Parts, token: &str) {
+        if let Some(header) = &self.expose
+            && let Ok(value) = HeaderValue::try_from(token)
+        {
+            req.headers.insert(header.clone(), value);
+        }
+    }
+
+    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+        if !reply.is_due() {
+            return;
+        }
+        let Some(location) = res.headers.get(LOCATION).and_then(|l| l.to_str().ok()) else {
+            return;
+        };
+        let Some(token) = reply.token() else { return };
+        let rewritten = urls::with_token(location, self.place, policy.name(), token);
+        if let Ok(value) = HeaderValue::try_from(rewritten) {
+            res.headers.insert(LOCATION, value);
+        }
+    }
+}

@@ -11,7 +11,6 @@ use pin_project_lite::pin_project;
 use super::Decision;
 use super::settings::Settings;
 use crate::strategy::Reply;
-use crate::token::Codec;
 use crate::{EndpointKey, ServedBy};
 
 /// What the request brought, kept until the response comes.
@@ -22,10 +21,10 @@ pub(super) enum Pending<K> {
 
 pin_project! {
     /// Response future of [`SessionPersistence`](super::SessionPersistence).
-    pub struct ResponseFuture<F, K, C> {
+    pub struct ResponseFuture<F, K> {
         #[pin]
         inner: F,
-        settings: Arc<Settings<C>>,
+        settings: Arc<Settings>,
         pending: Option<Pending<K>>,
         method: Method,
         now: u64,
@@ -33,10 +32,10 @@ pin_project! {
     }
 }
 
-impl<F, K, C> ResponseFuture<F, K, C> {
+impl<F, K> ResponseFuture<F, K> {
     pub(super) fn new(
         inner: F,
-        settings: Arc<Settings<C>>,
+        settings: Arc<Settings>,
         pending: Pending<K>,
         method: Method,
         now: u64,
@@ -45,17 +44,16 @@ impl<F, K, C> ResponseFuture<F, K, C> {
     }
 }
 
-impl<F, K, C> fmt::Debug for ResponseFuture<F, K, C> {
+impl<F, K> fmt::Debug for ResponseFuture<F, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
-impl<F, K, C, B, E> Future for ResponseFuture<F, K, C>
+impl<F, K, B, E> Future for ResponseFuture<F, K>
 where
     F: Future<Output = Result<Response<B>, E>>,
     K: EndpointKey,
-    C: Codec,
 {
     type Output = Result<Response<B>, E>;
 

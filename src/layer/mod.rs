@@ -60,7 +60,7 @@ pub use self::service::SessionPersistence;
 use self::settings::Settings;
 use crate::policy::{Carrier, SessionPolicy};
 use crate::strategy::{Header, Insert, Strategy};
-use crate::token::{Codec, SignedCodec};
+use crate::token::Codec;
 #[cfg(doc)]
 use crate::{PinnedEndpoint, ServedBy};
 
@@ -104,32 +104,32 @@ impl fmt::Display for Decision {
 
 /// Applies session persistence to a service; see the [module docs](self).
 ///
-/// `K` is the endpoint key type the balancer uses, `C` the token codec. Cheap to clone: the
+/// `K` is the endpoint key type the balancer uses. Cheap to clone: the
 /// configuration sits behind an `Arc`.
 #[must_use]
-pub struct SessionPersistenceLayer<K, C = SignedCodec> {
-    settings: Arc<Settings<C>>,
+pub struct SessionPersistenceLayer<K> {
+    settings: Arc<Settings>,
     _key: PhantomData<fn() -> K>,
 }
 
-impl<K, C> Clone for SessionPersistenceLayer<K, C> {
+impl<K> Clone for SessionPersistenceLayer<K> {
     fn clone(&self) -> Self {
         Self { settings: self.settings.clone(), _key: PhantomData }
     }
 }
 
-impl<K, C> fmt::Debug for SessionPersistenceLayer<K, C> {
+impl<K> fmt::Debug for SessionPersistenceLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionPersistenceLayer").field("settings", &self.settings).finish()
     }
 }
 
-impl<K, C: Codec> SessionPersistenceLayer<K, C> {
+impl<K> SessionPersistenceLayer<K> {
     /// A layer enforcing `policy`, with tokens written and read by `codec`.
     ///
     /// The scope defaults to the session's name; give each route rule its own with
     /// [`scope`](Self::scope).
-    pub fn new(policy: SessionPolicy, codec: C) -> Self {
+    pub fn new(policy: SessionPolicy, codec: impl Codec) -> Self {
         let scope = policy.name().to_owned();
         let refresh = policy.idle_timeout().map(|idle| idle / 4);
         let strategy: Box<dyn Strategy> = match policy.carrier() {
@@ -139,7 +139,7 @@ impl<K, C: Codec> SessionPersistenceLayer<K, C> {
         Self {
             settings: Arc::new(Settings {
                 policy,
-                codec,
+                codec: Box::new(codec),
                 strategy,
                 scope,
                 max_skew: Duration::from_secs(60),
@@ -149,7 +149,7 @@ impl<K, C: Codec> SessionPersistenceLayer<K, C> {
         }
     }
 
-    fn settings_mut(&mut self) -> &mut Settings<C> {
+    fn settings_mut(&mut self) -> &mut Settings {
         Arc::get_mut(&mut self.settings).expect("a layer is configured before it is cloned")
     }
 
@@ -205,8 +205,8 @@ impl<K, C: Codec> SessionPersistenceLayer<K, C> {
     }
 }
 
-impl<S, K, C> Layer<S> for SessionPersistenceLayer<K, C> {
-    type Service = SessionPersistence<S, K, C>;
+impl<S, K> Layer<S> for SessionPersistenceLayer<K> {
+    type Service = SessionPersistence<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SessionPersistence::from_parts(inner, self.settings.clone())

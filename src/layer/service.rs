@@ -15,19 +15,19 @@ use crate::{EndpointKey, PinnedEndpoint};
 
 /// Middleware that keeps a client's session on one endpoint; see the
 /// [module docs](crate::layer).
-pub struct SessionPersistence<S, K, C> {
+pub struct SessionPersistence<S, K> {
     inner: S,
-    settings: Arc<Settings<C>>,
+    settings: Arc<Settings>,
     _key: PhantomData<fn() -> K>,
 }
 
-impl<S: Clone, K, C> Clone for SessionPersistence<S, K, C> {
+impl<S: Clone, K> Clone for SessionPersistence<S, K> {
     fn clone(&self) -> Self {
         Self { inner: self.inner.clone(), settings: self.settings.clone(), _key: PhantomData }
     }
 }
 
-impl<S: fmt::Debug, K, C> fmt::Debug for SessionPersistence<S, K, C> {
+impl<S: fmt::Debug, K> fmt::Debug for SessionPersistence<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionPersistence")
             .field("inner", &self.inner)
@@ -36,17 +36,14 @@ impl<S: fmt::Debug, K, C> fmt::Debug for SessionPersistence<S, K, C> {
     }
 }
 
-impl<S, K, C> SessionPersistence<S, K, C> {
-    pub(super) fn from_parts(inner: S, settings: Arc<Settings<C>>) -> Self {
+impl<S, K> SessionPersistence<S, K> {
+    pub(super) fn from_parts(inner: S, settings: Arc<Settings>) -> Self {
         Self { inner, settings, _key: PhantomData }
     }
 
     /// A layer that wraps services in `SessionPersistence`; the same as
     /// [`SessionPersistenceLayer::new`].
-    pub fn layer(policy: SessionPolicy, codec: C) -> SessionPersistenceLayer<K, C>
-    where
-        C: Codec,
-    {
+    pub fn layer(policy: SessionPolicy, codec: impl Codec) -> SessionPersistenceLayer<K> {
         SessionPersistenceLayer::new(policy, codec)
     }
 
@@ -66,15 +63,14 @@ impl<S, K, C> SessionPersistence<S, K, C> {
     }
 }
 
-impl<S, K, C, ReqBody, ResBody> Service<Request<ReqBody>> for SessionPersistence<S, K, C>
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for SessionPersistence<S, K>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     K: EndpointKey,
-    C: Codec,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, K, C>;
+    type Future = ResponseFuture<S::Future, K>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

@@ -11,16 +11,16 @@ use crate::policy::{Carrier, Lifetime, SessionPolicy};
 use crate::strategy::Strategy;
 use crate::token::{Binding, Claims, Codec};
 
-pub(crate) struct Settings<C> {
+pub(crate) struct Settings {
     pub(crate) policy: SessionPolicy,
-    pub(crate) codec: C,
+    pub(crate) codec: Box<dyn Codec>,
     pub(crate) strategy: Box<dyn Strategy>,
     pub(crate) scope: String,
     pub(crate) max_skew: Duration,
     pub(crate) refresh: Option<Duration>,
 }
 
-impl<C> fmt::Debug for Settings<C> {
+impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The codec holds keys: leave it out.
         f.debug_struct("Settings")
@@ -48,7 +48,7 @@ pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-impl<C: Codec> Settings<C> {
+impl Settings {
     fn binding(&self) -> Binding<'_> {
         Binding { name: self.policy.name(), scope: &self.scope }
     }

@@ -96,8 +96,9 @@ pub(crate) fn set_cookie_value(
     // The cookie crate knows one Domain and no free-form attributes; both were validated when
     // the policy was built, so appending them keeps the header well-formed.
     for domain in attributes.domains.iter().skip(1) {
+        // Written as the cookie crate writes the first: without a leading dot (RFC 6265 §5.2.3).
         text.push_str("; Domain=");
-        text.push_str(domain);
+        text.push_str(domain.trim_start_matches('.'));
     }
     for attribute in &attributes.extra {
         text.push_str("; ");

@@ -1,0 +1,247 @@
+//! `gateway`: a reverse proxy with Gateway API session persistence (GEP-1619), configured by
+//! `HTTPRoute` YAML and built only from this crate's public API, axum, hyper-util and
+//! tower-http.
+//!
+//! Its command line and its configuration file are a stable interface: scripts and tests drive
+//! them.
+//!
+//! # Command line
+//!
+//! ```text
+//! gateway                          demo mode (below)
+//! gateway --config FILE            run the routes of a YAML configuration file
+//! gateway --config FILE --check    validate the file and exit
+//! options:
+//!   --listen ADDR                  listen on ADDR (IP:port); overrides the file and the
+//!                                  demo's 127.0.0.1:8080; port 0 picks a free port
+//!   -h, --help                     usage
+//! ```
+//!
+//! Once it listens, the gateway prints exactly one line on stdout, and flushes it:
+//! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). Logs go
+//! to stderr, filtered by `RUST_LOG` (default `info`).
+//!
+//! Exit status: `0` after Ctrl-C or SIGTERM (open requests are finished first, for up to 10 s)
+//! or a passed `--check`; `1` for a configuration error, printed on stderr as
+//! `config error: <yaml path>: <rule>` (for example
+//! `config error: routes[0].spec.rules[1].sessionPersistence.absoluteTimeout: "1d" is not a
+//! Gateway API duration (GEP-2257), e.g. 1h30m or 10s`), or a runtime error such as an address
+//! in use; `2` for a usage error (unknown argument, missing value).
+//!
+//! # Demo mode
+//!
+//! `cargo run --example gateway` starts three backends, `demo-1` to `demo-3`, on loopback
+//! ports, and the gateway on `127.0.0.1:8080` with one route, `PathPrefix /`, over the three,
+//! with cookie session persistence (cookie `demo-session`). Each backend answers JSON with its
+//! name, the path, a per-visitor visit counter (kept with its own `demo-visitor` cookie), and
+//! the `Cookie` header it received. Try:
+//!
+//! ```text
+//! rm -f jar; for i in 1 2 3 4 5; do curl -s -c jar -b jar http://127.0.0.1:8080/; echo; done
+//! ```
+//!
+//! Every answer names the same backend and the counter grows; without `-c jar -b jar` the
+//! requests spread over the backends. The session cookie keeps the GEP-1619 defaults (`Secure`,
+//! `HttpOnly`, `SameSite=Strict`): curl, browsers and reqwest send `Secure` cookies over plain
+//! `http://` to loopback addresses. With `--listen` on any other address, the demo route turns
+//! `Secure` off in its extension block, and says so.
+//!
+//! # Configuration file
+//!
+//! ```yaml
+//! listen: 127.0.0.1:8080           # optional, IP:port, default 127.0.0.1:8080
+//! keys: ["<base64 of 32+ bytes>", "<older key>"]  # optional; the first signs, all verify.
+//!                                  # Absent: a random key per process (sessions do not
+//!                                  # survive a restart nor span replicas; a warning says so)
+//! timeout: 30s                     # optional, GEP-2257 duration, default 30s, 0s = none:
+//!                                  # how long an upstream may take to send its response
+//!                                  # head; exceeded → 504
+//! services:                        # what a Kubernetes Service would resolve to
+//!   - name: echo-v1
+//!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]   # IP:port, at least one
+//!   - name: echo-v2
+//!     endpoints: ["127.0.0.1:9003"]
+//! routes:                          # Gateway API HTTPRoute manifests
+//!   - apiVersion: gateway.networking.k8s.io/v1        # or v1beta1
+//!     kind: HTTPRoute
+//!     metadata: {name: shop, namespace: default}      # namespace optional ("default");
+//!                                                     # labels, annotations ignored
+//!     spec:
+//!       hostnames: ["shop.example", "*.shop.example"] # optional: absent = any host
+//!       parentRefs: [{name: gw}]                      # accepted and ignored
+//!       rules:
+//!         - matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
+//!                                                     # absent = PathPrefix /
+//!           backendRefs:                              # weight default 1, 0 to 1000000;
+//!             - {name: echo-v1, port: 80, weight: 70} # port ignored; kind Service only
+//!             - {name: echo-v2, port: 80, weight: 30}
+//!           sessionPersistence:                       # both Gateway API shapes: main's
+//!             cookie: {name: shop-session, lifetimeType: Permanent}  # cookie/header, and
+//!             absoluteTimeout: 1h                     # v1.6's sessionName/cookieConfig
+//!           x-session-persistence:                    # optional extension, all optional
+//!             indirect: true          # strip the session cookie before the backend (true)
+//!             onUnavailable: rebalance # or reject: 503 when the session's endpoint is gone
+//!             secure: true            # cookie attributes; GEP defaults: Secure,
+//!             httpOnly: true          # HttpOnly, SameSite=Strict, no Domain
+//!             sameSite: Strict        # Strict | Lax | None | Omit
+//!             domain: example.com
+//! ```
+//!
+//! Unknown fields are errors. A cookie or header without a name is named
+//! `sp-<namespace>-<route>-<rule index>`. Each rule is its own persistence scope
+//! (`<namespace>/<route>/<rule index>`): rules never share sessions. A rule without
+//! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
+//! without `backendRefs` answers 500.
+//!
+//! # Routing and forwarding
+//!
+//! Among the rules matching a request, the one with the most specific hostname wins, then an
+//! `Exact` path over a `PathPrefix`, then the longer prefix, then the earlier rule in the file.
+//! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`). No match:
+//! `404`. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
+//! `X-Forwarded-Proto: http` and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
+//! bodies stream. Errors: session endpoint gone with `onUnavailable: reject` → `503`; no
+//! endpoint → `503`; timeout → `504`; connection refused or reset → `502`. Endpoints are keyed
+//! `<service>/<address>` in session tokens (signed and encrypted: they never show it).
+
+// The crate root of an example looks for modules next to it (`examples/cli.rs`); these live in
+// `examples/gateway/`, which cargo does not mistake for another example.
+#[path = "gateway/cli.rs"]
+mod cli;
+#[path = "gateway/config.rs"]
+mod config;
+#[path = "gateway/demo.rs"]
+mod demo;
+#[path = "gateway/failure.rs"]
+mod failure;
+#[path = "gateway/proxy.rs"]
+mod proxy;
+#[path = "gateway/routing.rs"]
+mod routing;
+#[path = "gateway/server.rs"]
+mod server;
+#[path = "gateway/stack.rs"]
+mod stack;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Plan;
+use crate::stack::Gateway;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match cli::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("error: {message}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    if args.help {
+        println!("{}", cli::USAGE);
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (mut plan, demo_backends) = match load(&args).await {
+        Ok(loaded) => loaded,
+        Err(Failed::Config(message)) => {
+            eprintln!("config error: {message}");
+            return ExitCode::from(1);
+        }
+        Err(Failed::Runtime(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        println!("config ok: {} rule(s)", plan.rules.len());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(listen) = args.listen {
+        plan.listen = listen;
+    }
+    match run(plan, demo_backends).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum Failed {
+    Config(String),
+    Runtime(String),
+}
+
+/// Reads the configuration file, or starts the demo backends and makes the demo's
+/// configuration.
+async fn load(args: &cli::Args) -> Result<(Plan, Option<demo::Demo>), Failed> {
+    match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| Failed::Config(format!("cannot read {}: {err}", path.display())))?;
+            let plan = config::parse(&text).map_err(|err| Failed::Config(err.to_string()))?;
+            Ok((plan, None))
+        }
+        None => {
+            let listen = match args.listen {
+                Some(listen) => listen,
+                None => config::parse_listen(config::DEFAULT_LISTEN).map_err(Failed::Runtime)?,
+            };
+            let demo = demo::Demo::start(listen).await.map_err(Failed::Runtime)?;
+            let plan = config::parse(&demo.config(listen)).map_err(|err| {
+                Failed::Runtime(format!("the demo configuration is invalid: {err}"))
+            })?;
+            Ok((plan, Some(demo)))
+        }
+    }
+}
+
+async fn run(plan: Plan, demo: Option<demo::Demo>) -> Result<(), String> {
+    if plan.ephemeral_key && demo.is_none() {
+        tracing::warn!(
+            "no `keys` configured: signing sessions with a random key made up for this process; \
+             sessions will not survive a restart or span replicas"
+        );
+    }
+    if plan.rules.is_empty() {
+        tracing::warn!("no routes configured: every request gets 404");
+    }
+    let client = proxy::client(plan.timeout);
+    let gateway = Gateway::new(&plan, &client);
+    if !gateway.ready(Duration::from_secs(5)).await {
+        return Err("the balancers did not take their endpoints within 5 s".into());
+    }
+    let listener = server::bind(plan.listen).await?;
+    let addr =
+        listener.local_addr().map_err(|err| format!("cannot read the listen address: {err}"))?;
+    let url = format!("http://{addr}");
+    {
+        // One stable line first: scripts wait for it. Then, in demo mode, how to try it.
+        let mut text = format!("listening on {url}\n");
+        if let Some(demo) = &demo {
+            text.push('\n');
+            text.push_str(&demo.instructions(&url));
+            text.push('\n');
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .map_err(|err| format!("cannot write to stdout: {err}"))?;
+    }
+    tracing::info!(%addr, rules = plan.rules.len(), "gateway started");
+    server::serve(listener, gateway, server::shutdown_signal()).await;
+    Ok(())
+}

@@ -1,0 +1,640 @@
+//! The YAML configuration: its shape, and its validation into a [`Plan`] the gateway runs.
+//!
+//! This module turns text into a checked plan and nothing else. Every error names the YAML
+//! path of the field at fault (`routes[0].spec.rules[1].backendRefs[0].name`) and the rule it
+//! breaks; parse errors add the line and column.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_INDIFFERENT};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tower_session_persistence::OnUnavailable;
+use tower_session_persistence::policy::{
+    Carrier, PolicyBuilder, PolicyError, SameSite, SessionPersistenceConfig, SessionPolicy,
+    parse_duration,
+};
+use tower_session_persistence::token::SignedCodec;
+
+use crate::routing::{Hostname, PathMatch};
+
+/// Where the gateway listens when neither the file nor `--listen` says.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// How long an upstream request may take to answer when the file does not say.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The `apiVersion`s accepted for an `HTTPRoute`.
+const API_VERSIONS: [&str; 2] =
+    ["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"];
+/// The Gateway API's largest `backendRef` weight.
+const MAX_WEIGHT: u32 = 1_000_000;
+
+// ----- The file's shape. -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<String>,
+    keys: Option<Vec<String>>,
+    timeout: Option<String>,
+    #[serde(default)]
+    services: Vec<ServiceConfig>,
+    #[serde(default)]
+    routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceConfig {
+    name: String,
+    endpoints: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RouteConfig {
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: RouteSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    name: String,
+    namespace: Option<String>,
+    #[allow(dead_code)]
+    labels: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    annotations: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RouteSpec {
+    hostnames: Option<Vec<String>>,
+    #[allow(dead_code)]
+    parent_refs: Option<IgnoredAny>,
+    rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RuleConfig {
+    matches: Option<Vec<MatchConfig>>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRef>,
+    session_persistence: Option<SessionPersistenceConfig>,
+    #[serde(rename = "x-session-persistence")]
+    extension: Option<Extension>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchConfig {
+    path: Option<PathConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathConfig {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    value: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendRef {
+    name: String,
+    #[allow(dead_code)]
+    port: Option<u16>,
+    weight: Option<u32>,
+    group: Option<String>,
+    kind: Option<String>,
+}
+
+/// The `x-session-persistence` extension block: what the library offers beyond the standard
+/// stanza.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Extension {
+    indirect: Option<bool>,
+    on_unavailable: Option<OnUnavailableConfig>,
+    secure: Option<bool>,
+    http_only: Option<bool>,
+    same_site: Option<SameSiteConfig>,
+    domain: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OnUnavailableConfig {
+    Rebalance,
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum SameSiteConfig {
+    Strict,
+    Lax,
+    None,
+    Omit,
+}
+
+// ----- The checked plan. -----
+
+/// A configuration that passed every check: what the gateway runs.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Where to listen.
+    pub(crate) listen: SocketAddr,
+    /// Signs and verifies session tokens.
+    pub(crate) codec: SignedCodec,
+    /// Whether `codec` holds a key made up for this process (no `keys` in the file).
+    pub(crate) ephemeral_key: bool,
+    /// How long an upstream request may take to answer; `None` for no limit.
+    pub(crate) timeout: Option<Duration>,
+    /// Every rule of every route, in file order.
+    pub(crate) rules: Vec<RulePlan>,
+}
+
+/// One `HTTPRoute` rule.
+#[derive(Debug)]
+pub(crate) struct RulePlan {
+    /// `<namespace>/<route>/<rule index>`: the rule's persistence scope and its name in logs.
+    pub(crate) scope: String,
+    /// The route's hostnames; empty for any host.
+    pub(crate) hostnames: Vec<Hostname>,
+    /// The rule's path matches (at least one).
+    pub(crate) matches: Vec<PathMatch>,
+    /// The rule's `backendRefs`, resolved to endpoints.
+    pub(crate) backends: Vec<BackendPlan>,
+    /// The session policy, when the rule has `sessionPersistence`.
+    pub(crate) persistence: Option<SessionPolicy>,
+    /// What to do when a session's endpoint is gone.
+    pub(crate) on_unavailable: OnUnavailable,
+}
+
+/// One `backendRef`, resolved.
+#[derive(Debug)]
+pub(crate) struct BackendPlan {
+    /// The service's name.
+    pub(crate) service: String,
+    /// Its share of new sessions.
+    pub(crate) weight: u32,
+    /// Its endpoints' addresses.
+    pub(crate) endpoints: Vec<SocketAddr>,
+}
+
+/// A configuration error: the YAML path of the field at fault and what is wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct ConfigError {
+    path: String,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl From<PolicyError> for ConfigError {
+    fn from(err: PolicyError) -> Self {
+        Self::new(err.field(), err.rule())
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and checks a configuration file's text.
+pub(crate) fn parse(text: &str) -> Result<Plan, ConfigError> {
+    let file: File = serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text))
+        .map_err(|err| {
+        // `?` stands for a key serde_path_to_error could not read; the parent path says more.
+        let path = err.path().to_string().trim_end_matches(".?").to_owned();
+        let inner = err.into_inner();
+        // serde_norway may put its own path (the enclosing map's) in front of the message:
+        // keep ours only, which also names an unknown field itself.
+        let mut message = inner.to_string();
+        if let Some((theirs, rest)) = message.split_once(": ")
+            && path.starts_with(theirs)
+        {
+            message = rest.to_owned();
+        }
+        ConfigError::new(if path == "." { String::new() } else { path }, message)
+    })?;
+    check(file)
+}
+
+fn check(file: File) -> Result<Plan, ConfigError> {
+    let listen = parse_listen(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))
+        .map_err(|message| ConfigError::new("listen", message))?;
+    let timeout = match file.timeout.as_deref() {
+        None => Some(DEFAULT_TIMEOUT),
+        Some(text) => match parse_duration(text) {
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+            None => {
+                return Err(ConfigError::new(
+                    "timeout",
+                    format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 30s or 1m30s"),
+                ));
+            }
+        },
+    };
+    let (codec, ephemeral_key) = match &file.keys {
+        Some(keys) => (codec(keys)?, false),
+        None => (random_codec()?, true),
+    };
+    let services = check_services(&file.services)?;
+    let mut rules = Vec::new();
+    let mut seen_routes = HashSet::new();
+    for (r, route) in file.routes.iter().enumerate() {
+        let at = format!("routes[{r}]");
+        check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
+    }
+    Ok(Plan { listen, codec, ephemeral_key, timeout, rules })
+}
+
+/// Parses an `IP:port` listen address; shared with `--listen`.
+pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an address of the form IP:port, e.g. 127.0.0.1:8080"))
+}
+
+fn codec(keys: &[String]) -> Result<SignedCodec, ConfigError> {
+    let mut decoded = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let key = key.trim();
+        let bytes = STANDARD_PAD_INDIFFERENT
+            .decode(key)
+            .or_else(|_| URL_SAFE_PAD_INDIFFERENT.decode(key))
+            .map_err(|_| {
+                ConfigError::new(format!("keys[{i}]"), "is not base64 (standard or URL-safe)")
+            })?;
+        decoded.push(bytes);
+    }
+    Ok(SignedCodec::new(decoded)?)
+}
+
+fn random_codec() -> Result<SignedCodec, ConfigError> {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key)
+        .map_err(|err| ConfigError::new("keys", format!("cannot make a random key: {err}")))?;
+    Ok(SignedCodec::new([key])?)
+}
+
+/// Service name → endpoint addresses, in file order.
+type Services = Vec<(String, Vec<SocketAddr>)>;
+
+fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
+    let mut checked: Services = Vec::new();
+    for (s, service) in services.iter().enumerate() {
+        let at = format!("services[{s}]");
+        if service.name.is_empty() {
+            return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
+        }
+        if checked.iter().any(|(name, _)| *name == service.name) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("duplicate service name {:?}", service.name),
+            ));
+        }
+        if service.endpoints.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.endpoints"),
+                "must list at least one endpoint address",
+            ));
+        }
+        let mut endpoints: Vec<SocketAddr> = Vec::new();
+        for (e, text) in service.endpoints.iter().enumerate() {
+            let at = format!("{at}.endpoints[{e}]");
+            let addr = text.parse().map_err(|_| {
+                ConfigError::new(
+                    &at,
+                    format!("{text:?} is not an address of the form IP:port, e.g. 10.0.0.7:8080"),
+                )
+            })?;
+            if endpoints.contains(&addr) {
+                return Err(ConfigError::new(at, format!("duplicate endpoint {addr}")));
+            }
+            endpoints.push(addr);
+        }
+        checked.push((service.name.clone(), endpoints));
+    }
+    Ok(checked)
+}
+
+fn check_route(
+    route: &RouteConfig,
+    at: &str,
+    services: &Services,
+    seen: &mut HashSet<(String, String)>,
+    rules: &mut Vec<RulePlan>,
+) -> Result<(), ConfigError> {
+    if !API_VERSIONS.contains(&route.api_version.as_str()) {
+        return Err(ConfigError::new(
+            format!("{at}.apiVersion"),
+            format!("{:?} is not {}", route.api_version, API_VERSIONS.join(" or ")),
+        ));
+    }
+    if route.kind != "HTTPRoute" {
+        return Err(ConfigError::new(
+            format!("{at}.kind"),
+            format!("{:?} is not HTTPRoute", route.kind),
+        ));
+    }
+    let name = &route.metadata.name;
+    check_object_name(name, 253, '.')
+        .map_err(|m| ConfigError::new(format!("{at}.metadata.name"), m))?;
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    check_object_name(namespace, 63, '-')
+        .map_err(|m| ConfigError::new(format!("{at}.metadata.namespace"), m))?;
+    if !seen.insert((namespace.to_owned(), name.clone())) {
+        return Err(ConfigError::new(
+            format!("{at}.metadata.name"),
+            format!("another route is already named {namespace}/{name}"),
+        ));
+    }
+    let mut hostnames = Vec::new();
+    for (h, text) in route.spec.hostnames.iter().flatten().enumerate() {
+        hostnames.push(
+            Hostname::parse(text)
+                .map_err(|m| ConfigError::new(format!("{at}.spec.hostnames[{h}]"), m))?,
+        );
+    }
+    if route.spec.rules.is_empty() {
+        return Err(ConfigError::new(format!("{at}.spec.rules"), "must list at least one rule"));
+    }
+    for (i, rule) in route.spec.rules.iter().enumerate() {
+        let rule_at = format!("{at}.spec.rules[{i}]");
+        let scope = format!("{namespace}/{name}/{i}");
+        let default_name = format!("sp-{namespace}-{name}-{i}");
+        rules.push(check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services)?);
+    }
+    Ok(())
+}
+
+/// Kubernetes object names: lower-case alphanumerics and `-` (and `.` where `extra` says so),
+/// starting and ending alphanumeric.
+fn check_object_name(name: &str, max: usize, extra: char) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= max
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == extra)
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a Kubernetes name: 1 to {max} lower-case letters, digits, '-'{}",
+            if extra == '.' { " or '.'" } else { "" }
+        ))
+    }
+}
+
+fn check_rule(
+    rule: &RuleConfig,
+    at: &str,
+    scope: String,
+    default_name: &str,
+    hostnames: Vec<Hostname>,
+    services: &Services,
+) -> Result<RulePlan, ConfigError> {
+    let mut matches = Vec::new();
+    for (m, config) in rule.matches.iter().flatten().enumerate() {
+        let path = config.path.as_ref();
+        let parsed = PathMatch::parse(
+            path.and_then(|p| p.kind.as_deref()),
+            path.and_then(|p| p.value.as_deref()),
+        )
+        .map_err(|(field, message)| {
+            ConfigError::new(format!("{at}.matches[{m}].path.{field}"), message)
+        })?;
+        matches.push(parsed);
+    }
+    if matches.is_empty() {
+        matches.push(PathMatch::Prefix(String::new()));
+    }
+
+    let mut backends: Vec<BackendPlan> = Vec::new();
+    for (b, backend) in rule.backend_refs.iter().enumerate() {
+        let at = format!("{at}.backendRefs[{b}]");
+        if let Some(group) = backend.group.as_deref().filter(|g| !g.is_empty() && *g != "core") {
+            return Err(ConfigError::new(
+                format!("{at}.group"),
+                format!("{group:?} is not supported: only the core group (\"\") is"),
+            ));
+        }
+        if let Some(kind) = backend.kind.as_deref().filter(|k| *k != "Service") {
+            return Err(ConfigError::new(
+                format!("{at}.kind"),
+                format!("{kind:?} is not supported: only Service is"),
+            ));
+        }
+        let Some((_, endpoints)) = services.iter().find(|(name, _)| *name == backend.name) else {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("no service named {:?} in services", backend.name),
+            ));
+        };
+        if let Some(first) = backends.iter().position(|p| p.service == backend.name) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!("service {:?} is already referenced by backendRefs[{first}]", backend.name),
+            ));
+        }
+        let weight = backend.weight.unwrap_or(1);
+        if weight > MAX_WEIGHT {
+            return Err(ConfigError::new(
+                format!("{at}.weight"),
+                format!("must be between 0 and {MAX_WEIGHT}"),
+            ));
+        }
+        backends.push(BackendPlan {
+            service: backend.name.clone(),
+            weight,
+            endpoints: endpoints.clone(),
+        });
+    }
+
+    let extension = rule.extension.as_ref();
+    let persistence = match (&rule.session_persistence, extension) {
+        (Some(stanza), extension) => Some(policy(stanza, extension, default_name, at)?),
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{at}.x-session-persistence"),
+                "needs a sessionPersistence stanza in the same rule",
+            ));
+        }
+        (None, None) => None,
+    };
+    let on_unavailable = match extension.and_then(|e| e.on_unavailable) {
+        Some(OnUnavailableConfig::Reject) => OnUnavailable::Reject,
+        Some(OnUnavailableConfig::Rebalance) | None => OnUnavailable::Rebalance,
+    };
+    Ok(RulePlan { scope, hostnames, matches, backends, persistence, on_unavailable })
+}
+
+/// The rule's session policy: the standard stanza, read by the library, with the extension
+/// block's settings on top.
+///
+/// The library's `to_policy` interprets the stanza (both Gateway API shapes, the default name,
+/// every GEP rule); its result is then copied field by field into a fresh builder, the
+/// extension applied, and built again, which checks the extension's values too.
+fn policy(
+    stanza: &SessionPersistenceConfig,
+    extension: Option<&Extension>,
+    default_name: &str,
+    at: &str,
+) -> Result<SessionPolicy, ConfigError> {
+    let stanza_at = format!("{at}.sessionPersistence");
+    let standard = stanza.to_policy(default_name).map_err(|e| e.within(&stanza_at))?;
+    let Some(ext) = extension else {
+        return Ok(standard);
+    };
+    let ext_at = format!("{at}.x-session-persistence");
+    let mut builder = to_builder(&standard);
+    if let Carrier::Header(_) = standard.carrier() {
+        let cookie_only = [
+            ("indirect", ext.indirect.is_some()),
+            ("secure", ext.secure.is_some()),
+            ("httpOnly", ext.http_only.is_some()),
+            ("sameSite", ext.same_site.is_some()),
+            ("domain", ext.domain.is_some()),
+        ];
+        if let Some((field, _)) = cookie_only.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::new(
+                format!("{ext_at}.{field}"),
+                "applies to cookie sessions only (this rule's sessionPersistence is a header)",
+            ));
+        }
+    }
+    if let Some(on) = ext.indirect {
+        builder = builder.indirect(on);
+    }
+    if let Some(on) = ext.secure {
+        builder = builder.secure(on);
+    }
+    if let Some(on) = ext.http_only {
+        builder = builder.http_only(on);
+    }
+    if let Some(same_site) = ext.same_site {
+        builder = builder.same_site(match same_site {
+            SameSiteConfig::Strict => Some(SameSite::Strict),
+            SameSiteConfig::Lax => Some(SameSite::Lax),
+            SameSiteConfig::None => Some(SameSite::None),
+            SameSiteConfig::Omit => None,
+        });
+    }
+    if let Some(domain) = &ext.domain {
+        builder = builder.domain(domain.clone());
+    }
+    builder.build().map_err(|err| match err.field() {
+        "cookie.domain" => ConfigError::new(format!("{ext_at}.domain"), err.rule()),
+        _ => err.within(&stanza_at).into(),
+    })
+}
+
+/// A builder holding everything `policy` says, so that more can be set on top.
+fn to_builder(policy: &SessionPolicy) -> PolicyBuilder {
+    let mut builder = match policy.carrier() {
+        Carrier::Cookie(attributes) => {
+            let mut b = SessionPolicy::cookie(policy.name())
+                .path(attributes.path.clone())
+                .http_only(attributes.http_only)
+                .secure(attributes.secure)
+                .same_site(attributes.same_site)
+                .partitioned(attributes.partitioned)
+                .lifetime(attributes.lifetime);
+            for domain in &attributes.domains {
+                b = b.domain(domain.clone());
+            }
+            for attribute in &attributes.extra {
+                b = b.attribute(attribute.clone());
+            }
+            b
+        }
+        Carrier::Header(_) => SessionPolicy::header(policy.name()),
+    };
+    if let Some(timeout) = policy.absolute_timeout() {
+        builder = builder.absolute_timeout(timeout);
+    }
+    if let Some(timeout) = policy.idle_timeout() {
+        builder = builder.idle_timeout(timeout);
+    }
+    builder.indirect(policy.indirect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICES: &str = "services: [{name: a, endpoints: ['127.0.0.1:1']}]\n";
+
+    fn route(rule: &str) -> String {
+        format!(
+            "{SERVICES}routes:\n- apiVersion: gateway.networking.k8s.io/v1\n  kind: HTTPRoute\n  \
+             metadata: {{name: shop}}\n  spec:\n    rules:\n    - {rule}\n"
+        )
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_yaml_path() {
+        let e = error(&route("{backendRefs: [{name: b}]}"));
+        assert!(e.starts_with("routes[0].spec.rules[0].backendRefs[0].name: "), "{e}");
+        let e =
+            error(&route("{backendRefs: [{name: a}], sessionPersistence: {absoluteTimeout: 1d}}"));
+        assert!(
+            e.starts_with("routes[0].spec.rules[0].sessionPersistence.absoluteTimeout: "),
+            "{e}"
+        );
+        let e = error(&route("{backendRefs: [{name: a, wieght: 1}]}"));
+        assert!(e.starts_with("routes[0].spec.rules[0].backendRefs[0]"), "{e}");
+        assert!(e.contains("wieght") && e.contains("line"), "{e}");
+        let e = error("keys: ['c2hvcnQ=']\n");
+        assert!(e.starts_with("keys[0]: "), "{e}");
+        let e = error("services: [{name: a, endpoints: ['localhost']}]\n");
+        assert!(e.starts_with("services[0].endpoints[0]: "), "{e}");
+    }
+
+    #[test]
+    fn extension_applies_to_the_policy() {
+        let plan = parse(&route(
+            "{backendRefs: [{name: a}], sessionPersistence: {cookie: {}}, \
+             x-session-persistence: {secure: false, sameSite: Lax, indirect: false, onUnavailable: reject}}",
+        ))
+        .unwrap();
+        let rule = &plan.rules[0];
+        let policy = rule.persistence.as_ref().unwrap();
+        assert_eq!(policy.name(), "sp-default-shop-0");
+        assert!(!policy.indirect());
+        let Carrier::Cookie(c) = policy.carrier() else { panic!("cookie expected") };
+        assert!(!c.secure && c.http_only);
+        assert_eq!(c.same_site, Some(SameSite::Lax));
+        assert_eq!(rule.on_unavailable, OnUnavailable::Reject);
+        assert_eq!(rule.scope, "default/shop/0");
+    }
+}

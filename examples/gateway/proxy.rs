@@ -1,0 +1,224 @@
+//! The endpoint service: forwards one request to one backend address and streams the answer
+//! back.
+//!
+//! This is what the balancer holds for each endpoint. It rewrites the URI to the endpoint,
+//! keeps the client's `Host`, removes hop-by-hop headers both ways, adds the `X-Forwarded-*`
+//! headers, and bounds the wait for the response head. Bodies are streamed, never collected.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::{BoxError, Service};
+
+/// The shared HTTP/1.1 client every endpoint sends with.
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
+
+/// The address of the client that sent a request, put into its extensions by the server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
+
+/// The upstream did not answer within the configured timeout.
+#[derive(Debug)]
+pub(crate) struct UpstreamTimeout;
+
+impl fmt::Display for UpstreamTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the upstream did not answer in time")
+    }
+}
+
+impl std::error::Error for UpstreamTimeout {}
+
+/// Builds the client: one connection pool for all endpoints, keeping the `Host` header the
+/// request carries (`set_host` only fills it in when it is missing).
+pub(crate) fn client(connect_timeout: Option<Duration>) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(connect_timeout);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .set_host(true)
+        .build(connector)
+}
+
+/// Forwards requests to one endpoint.
+#[derive(Clone)]
+pub(crate) struct Upstream {
+    authority: Authority,
+    client: HttpClient,
+    timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream").field("authority", &self.authority).finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub(crate) fn new(addr: SocketAddr, client: HttpClient, timeout: Option<Duration>) -> Self {
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
+        Self { authority, client, timeout }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The legacy client is always ready; it queues on its pool.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let req = match prepare(req, &self.authority) {
+            Ok(req) => req,
+            Err(err) => return Box::pin(std::future::ready(Err(err))),
+        };
+        let sent = self.client.request(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let res = match timeout {
+                Some(limit) => {
+                    tokio::time::timeout(limit, sent).await.map_err(|_| UpstreamTimeout)?
+                }
+                None => sent.await,
+            }?;
+            let mut res = res.map(Body::new);
+            strip_hop_by_hop(res.headers_mut());
+            Ok(res)
+        })
+    }
+}
+
+/// Turns the client's request into the upstream request.
+fn prepare(mut req: Request<Body>, authority: &Authority) -> Result<Request<Body>, BoxError> {
+    let client_ip = req.extensions().get::<ClientAddr>().map(|addr| addr.0.ip());
+    // HTTP/2 clients send no `Host`: the authority travels in the URI.
+    let host = match req.headers().get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let path =
+        req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()?;
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    join_cookies(headers);
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if let Some(ip) = client_ip {
+        // Append to what earlier proxies said, as one field.
+        let earlier: Vec<&str> =
+            headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        let value = if earlier.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", earlier.join(", "))
+        };
+        headers.insert(X_FORWARDED_FOR, HeaderValue::try_from(value)?);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    Ok(req)
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Headers that concern one connection only (RFC 9110 §7.6.1), and those `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepares_the_upstream_request() {
+        let mut req = Request::builder()
+            .uri("/a/b?c=d")
+            .header("host", "shop.example:8443")
+            .header("connection", "close, x-private")
+            .header("x-private", "1")
+            .header("te", "trailers")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(ClientAddr("192.0.2.1:5555".parse().unwrap()));
+        let req = prepare(req, &Authority::from_static("127.0.0.1:9")).unwrap();
+        assert_eq!(req.uri(), "http://127.0.0.1:9/a/b?c=d");
+        let h = req.headers();
+        assert_eq!(h["host"], "shop.example:8443");
+        assert_eq!(h["x-forwarded-host"], "shop.example:8443");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["cookie"], "a=1; b=2");
+        for gone in ["connection", "x-private", "te"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! Drives the `gateway` example binary as its users do: real hyper backends on loopback, a
+//! YAML file, `--config FILE --listen 127.0.0.1:0`, the `listening on` line on stdout, and a
+//! real HTTP client with a cookie jar.
+//!
+//! The binary is `<target>/<profile>/examples/gateway`, next to this test's `deps/` folder.
+//! `cargo test` builds it; with a target filter (`cargo test --test gateway_cli`) cargo does
+//! not, so the first test runs `cargo build --example gateway` itself, which also keeps the
+//! binary from being stale.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// How long the gateway may take to start or to exit. Generous: a loaded CI machine.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// ----- The binary. -----
+
+/// The example binary, built once per test run.
+fn gateway_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary knows its path");
+        // <target>/<profile>/deps/gateway_cli-<hash>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps");
+        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "--example", "gateway"]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo can be run to build the example");
+        assert!(status.success(), "cargo build --example gateway failed: {status}");
+        let bin =
+            profile_dir.join("examples").join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "no example binary at {}", bin.display());
+        bin
+    })
+}
+
+/// A temporary file that is removed when dropped.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(contents: &str) -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("gateway-cli-{}-{n}.yaml", std::process::id()));
+        std::fs::write(&path, contents).expect("the temp dir is writable");
+        Self(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A running gateway; killed when dropped.
+struct Gateway {
+    child: Child,
+    url: String,
+    _config: Option<TempFile>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collects a child's stderr in the background, so that it never blocks on a full pipe and a
+/// failure can show it.
+fn drain(mut stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf) {
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+/// Starts the gateway with `args` plus `--listen 127.0.0.1:0` and waits for its
+/// `listening on` line.
+async fn spawn_gateway(args: &[&str], config: Option<TempFile>) -> Gateway {
+    let mut child = Command::new(gateway_bin())
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the gateway starts");
+    let stderr = drain(child.stderr.take().expect("piped"));
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok);
+        let _ = tx.send(first);
+        // Keep reading, so that the demo's instructions never block the gateway.
+        for _ in lines {}
+    });
+    let line = tokio::time::timeout(PATIENCE, rx).await;
+    let mut gateway = Gateway { child, url: String::new(), _config: config };
+    match line {
+        Ok(Ok(Some(line))) if line.starts_with("listening on http://127.0.0.1:") => {
+            gateway.url = line["listening on ".len()..].trim().to_owned();
+            gateway
+        }
+        other => {
+            let _ = gateway.child.kill();
+            let _ = gateway.child.wait();
+            panic!("no `listening on` line ({other:?}); stderr:\n{}", stderr.lock().unwrap());
+        }
+    }
+}
+
+async fn start_gateway(config: &str) -> Gateway {
+    let file = TempFile::new(config);
+    let path = file.0.to_str().expect("a UTF-8 temp path").to_owned();
+    spawn_gateway(&["--config", &path], Some(file)).await
+}
+
+/// Runs the gateway to completion with `args`; returns its status, stdout and stderr.
+fn run_gateway(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(gateway_bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the gateway starts");
+    let stdout = drain(child.stdout.take().expect("piped"));
+    let stderr = drain(child.stderr.take().expect("piped"));
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gateway {args:?} did not exit; stderr:\n{}", stderr.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes close with the process; give the drain threads a moment to finish.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&stdout) > 1 || Arc::strong_count(&stderr) > 1 {
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = stdout.lock().unwrap().clone();
+    let err = stderr.lock().unwrap().clone();
+    (status, out, err)
+}
+
+// ----- Backends. -----
+
+/// A backend that answers with its name (body and `x-backend`), and echoes what it received
+/// in `x-seen-*` headers. Under `/own-cookie` it also sets a cookie of its own.
+struct Backend {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                Ok::<_, Infallible>(answer(name, &req))
+            });
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, task }
+}
+
+fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let seen = |header: &str| {
+        req.headers()
+            .get_all(header)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let mut res = Response::builder()
+        .header("x-backend", name)
+        .header("x-seen-cookie", seen("cookie"))
+        .header("x-seen-host", seen("host"))
+        .header("x-seen-xff", seen("x-forwarded-for"))
+        .header("x-seen-xfp", seen("x-forwarded-proto"))
+        .header("x-seen-xfh", seen("x-forwarded-host"))
+        .header("x-seen-hop", seen("x-hop"))
+        .header("x-seen-path", req.uri().to_string());
+    if req.uri().path().ends_with("/own-cookie") {
+        res = res.header("set-cookie", "backend-own=v1; Path=/; HttpOnly");
+    }
+    res.body(Full::new(Bytes::from(name.to_owned()))).unwrap()
+}
+
+/// An address where nothing listens: its listener was bound, then dropped.
+fn dead_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+// ----- Clients and configs. -----
+
+fn jar_client() -> reqwest::Client {
+    reqwest::Client::builder().cookie_store(true).build().unwrap()
+}
+
+/// No cookie store: every request is a new client as far as sessions go.
+fn fresh_client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    client.get(url).send().await.unwrap_or_else(|err| panic!("GET {url}: {err}"))
+}
+
+fn served_by(res: &reqwest::Response) -> String {
+    res.headers()["x-backend"].to_str().unwrap().to_owned()
+}
+
+fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+fn set_cookies(res: &reqwest::Response) -> Vec<String> {
+    res.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+}
+
+fn route(name: &str, extra_spec: &str, rules: &str) -> String {
+    format!(
+        "  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {{name: {name}}}
+    spec:
+{extra_spec}      rules:
+{rules}"
+    )
+}
+
+// ----- Tests. -----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jar_sticks_to_one_backend_and_new_clients_spread() {
+    let backends = [backend("a").await, backend("b").await, backend("c").await];
+    let config = format!(
+        "keys: [\"{key}\"]
+services:
+  - name: echo
+    endpoints: [\"{}\", \"{}\", \"{}\"]
+routes:
+{}",
+        backends[0].addr,
+        backends[1].addr,
+        backends[2].addr,
+        route(
+            "shop",
+            "",
+            "        - backendRefs: [{name: echo, port: 80}]
+          sessionPersistence: {cookie: {name: sticky}}
+"
+        ),
+        key = "A".repeat(44),
+    );
+    let gw = start_gateway(&config).await;
+
+    let jar = jar_client();
+    let first = served_by(&get(&jar, &gw.url).await);
+    for _ in 0..49 {
+        assert_eq!(served_by(&get(&jar, &format!("{}/cart", gw.url)).await), first);
+    }
+
+    let fresh = fresh_client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..200 {
+        *counts.entry(served_by(&get(&fresh, &gw.url).await)).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n >= 10), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_stripped_and_other_cookies_survive_byte_exact() {
+    let backends = [backend("a").await, backend("b").await];
+    let config = format!(
+        "services:
+  - {{name: echo, endpoints: [\"{}\", \"{}\"]}}
+routes:
+{}",
+        backends[0].addr,
+        backends[1].addr,
+        route(
+            "shop",
+            "",
+            "        - backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: sticky}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let client = fresh_client();
+
+    let first = get(&client, &gw.url).await;
+    let pinned = served_by(&first);
+    let ours = set_cookies(&first)
+        .into_iter()
+        .find(|c| c.starts_with("sticky="))
+        .expect("a new session sets the cookie");
+    let pair = ours.split(';').next().unwrap().to_owned();
+    assert!(ours.contains("HttpOnly") && ours.contains("Secure"), "GEP defaults: {ours}");
+
+    for _ in 0..5 {
+        let res = client
+            .get(&gw.url)
+            .header("cookie", format!("theme=dark%20blue; {pair}; z=\"q\""))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&res), pinned);
+        assert_eq!(header(&res, "x-seen-cookie"), "theme=dark%20blue; z=\"q\"");
+        assert!(set_cookies(&res).is_empty(), "an unchanged session sets nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_without_session_persistence_leaves_headers_alone() {
+    let b = backend("a").await;
+    let config = format!(
+        "services:
+  - {{name: echo, endpoints: [\"{}\"]}}
+routes:
+{}",
+        b.addr,
+        route(
+            "shop",
+            "",
+            "        - matches: [{path: {type: PathPrefix, value: /plain}}]
+          backendRefs: [{name: echo}]
+        - matches: [{path: {type: PathPrefix, value: /sticky}}]
+          backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: sticky}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let client = fresh_client();
+
+    let res = get(&client, &format!("{}/plain", gw.url)).await;
+    assert_eq!(res.status(), 200);
+    assert!(set_cookies(&res).is_empty());
+    let res = get(&client, &format!("{}/plain/own-cookie", gw.url)).await;
+    assert_eq!(set_cookies(&res), ["backend-own=v1; Path=/; HttpOnly"]);
+    let res = client
+        .get(format!("{}/plain", gw.url))
+        .header("cookie", "sticky=whatever; a=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&res, "x-seen-cookie"), "sticky=whatever; a=1");
+
+    // The rule with persistence adds its own cookie next to the backend's, which is kept.
+    let res = get(&client, &format!("{}/sticky/own-cookie", gw.url)).await;
+    let cookies = set_cookies(&res);
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    assert!(cookies.contains(&"backend-own=v1; Path=/; HttpOnly".to_owned()), "{cookies:?}");
+    assert!(cookies.iter().any(|c| c.starts_with("sticky=")), "{cookies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_split_new_sessions_and_weight_zero_gets_none() {
+    let (v1, v2, v3) = (backend("v1").await, backend("v2").await, backend("v3").await);
+    let config = format!(
+        "services:
+  - {{name: echo-v1, endpoints: [\"{}\"]}}
+  - {{name: echo-v2, endpoints: [\"{}\"]}}
+  - {{name: echo-v3, endpoints: [\"{}\"]}}
+routes:
+{}",
+        v1.addr,
+        v2.addr,
+        v3.addr,
+        route(
+            "split",
+            "",
+            "        - backendRefs:
+            - {name: echo-v1, port: 80, weight: 70}
+            - {name: echo-v2, port: 80, weight: 30}
+            - {name: echo-v3, port: 80, weight: 0}
+          sessionPersistence: {cookie: {name: split}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+
+    let fresh = fresh_client();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..1000 {
+        *counts.entry(served_by(&get(&fresh, &gw.url).await)).or_default() += 1;
+    }
+    let share = |name: &str| counts.get(name).copied().unwrap_or(0);
+    assert!((650..=750).contains(&share("v1")), "{counts:?}");
+    assert!((250..=350).contains(&share("v2")), "{counts:?}");
+    assert_eq!(share("v3"), 0, "{counts:?}");
+
+    // A client pinned to the weight-30 service stays there.
+    let mut pinned = None;
+    for _ in 0..50 {
+        let jar = jar_client();
+        if served_by(&get(&jar, &gw.url).await) == "v2" {
+            pinned = Some(jar);
+            break;
+        }
+    }
+    let jar = pinned.expect("some new session lands on v2");
+    for _ in 0..20 {
+        assert_eq!(served_by(&get(&jar, &gw.url).await), "v2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_gateway_api_shapes_and_the_header_type_work() {
+    let backends = [backend("a").await, backend("b").await, backend("c").await];
+    let config = format!(
+        "services:
+  - {{name: echo, endpoints: [\"{}\", \"{}\", \"{}\"]}}
+routes:
+{}",
+        backends[0].addr,
+        backends[1].addr,
+        backends[2].addr,
+        route(
+            "shapes",
+            "",
+            "        - matches: [{path: {value: /v16}}]
+          backendRefs: [{name: echo}]
+          sessionPersistence:
+            sessionName: Session-A
+            type: Cookie
+            absoluteTimeout: 10s
+            cookieConfig: {lifetimeType: Permanent}
+        - matches: [{path: {type: PathPrefix, value: /main}}]
+          backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: main-session, path: /main}}
+        - matches: [{path: {type: PathPrefix, value: /header}}]
+          backendRefs: [{name: echo}]
+          sessionPersistence: {type: Header, header: {name: x-session}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let fresh = fresh_client();
+
+    let res = get(&fresh, &format!("{}/v16", gw.url)).await;
+    let cookie = set_cookies(&res).pop().expect("a session cookie");
+    assert!(cookie.starts_with("Session-A="), "{cookie}");
+    assert!(cookie.contains("Max-Age=10"), "{cookie}");
+
+    let res = get(&fresh, &format!("{}/main/x", gw.url)).await;
+    let cookie = set_cookies(&res).pop().expect("a session cookie");
+    assert!(cookie.starts_with("main-session="), "{cookie}");
+    assert!(cookie.contains("Path=/main"), "{cookie}");
+    assert!(!cookie.contains("Max-Age"), "a session cookie by default: {cookie}");
+
+    let jar = jar_client();
+    let first = served_by(&get(&jar, &format!("{}/main/x", gw.url)).await);
+    for _ in 0..10 {
+        assert_eq!(served_by(&get(&jar, &format!("{}/main/y", gw.url)).await), first);
+    }
+
+    let res = get(&fresh, &format!("{}/header", gw.url)).await;
+    let pinned = served_by(&res);
+    let token = header(&res, "x-session");
+    assert!(!token.is_empty(), "the header session is in the response");
+    for _ in 0..10 {
+        let res = fresh
+            .get(format!("{}/header", gw.url))
+            .header("x-session", &token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served_by(&res), pinned);
+    }
+}
+
+#[test]
+fn config_errors_exit_1_and_name_the_yaml_path() {
+    const SERVICES: &str = "services:\n  - {name: echo, endpoints: [\"127.0.0.1:9\"]}\n";
+    let rule = |body: &str| {
+        format!("{SERVICES}routes:\n{}", route("shop", "", &format!("        - {body}\n")))
+    };
+    let cases = [
+        (
+            rule("{backendRefs: [{name: echo}], sessionPersistence: {absoluteTimeout: 1d}}"),
+            "routes[0].spec.rules[0].sessionPersistence.absoluteTimeout: ",
+            "GEP-2257",
+        ),
+        (
+            rule("{backendRefs: [{name: echo-v9}]}"),
+            "routes[0].spec.rules[0].backendRefs[0].name: ",
+            "echo-v9",
+        ),
+        (
+            rule("{backendRefs: [{name: echo, wieght: 3}]}"),
+            "routes[0].spec.rules[0].backendRefs[0].wieght: ",
+            "unknown field",
+        ),
+        (format!("keys: [\"c2hvcnQ=\"]\n{SERVICES}"), "keys[0]: ", "32 bytes"),
+        (format!("keys: [\"not base64!\"]\n{SERVICES}"), "keys[0]: ", "base64"),
+        (
+            "services:\n  - {name: echo, endpoints: [\"localhost:80\"]}\n".to_owned(),
+            "services[0].endpoints[0]: ",
+            "IP:port",
+        ),
+        ("services:\n  - {name: echo, endpoints: []}\n".to_owned(), "services[0].endpoints: ", ""),
+        (
+            format!("{SERVICES}  - {{name: echo, endpoints: [\"127.0.0.1:10\"]}}\n"),
+            "services[1].name: ",
+            "duplicate",
+        ),
+        (
+            rule(
+                "{matches: [{path: {type: RegularExpression, value: /a}}], backendRefs: [{name: echo}]}",
+            ),
+            "routes[0].spec.rules[0].matches[0].path.type: ",
+            "",
+        ),
+        (
+            rule("{matches: [{path: {value: cart}}], backendRefs: [{name: echo}]}"),
+            "routes[0].spec.rules[0].matches[0].path.value: ",
+            "/",
+        ),
+        (
+            rule(
+                "{backendRefs: [{name: echo}], sessionPersistence: {cookie: {lifetimeType: Permanent}}}",
+            ),
+            "routes[0].spec.rules[0].sessionPersistence.absoluteTimeout: ",
+            "Permanent",
+        ),
+        (
+            rule(
+                "{backendRefs: [{name: echo}], sessionPersistence: {cookie: {}}, \
+                 x-session-persistence: {sameSite: Sometimes}}",
+            ),
+            "routes[0].spec.rules[0].x-session-persistence.sameSite: ",
+            "",
+        ),
+        (
+            rule("{backendRefs: [{name: echo}]}").replace("kind: HTTPRoute", "kind: GRPCRoute"),
+            "routes[0].kind: ",
+            "HTTPRoute",
+        ),
+        (format!("{SERVICES}timeout: soon\n"), "timeout: ", "GEP-2257"),
+    ];
+    for (yaml, path, words) in cases {
+        let file = TempFile::new(&yaml);
+        let (status, _, stderr) = run_gateway(&["--config", file.0.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(1), "{yaml}\nstderr: {stderr}");
+        let expected = format!("config error: {path}");
+        assert!(stderr.starts_with(&expected), "{yaml}\nexpected {expected:?}, got: {stderr}");
+        assert!(stderr.contains(words), "{yaml}\nexpected {words:?} in: {stderr}");
+    }
+
+    let file = TempFile::new(&rule("{backendRefs: [{name: echo}]}"));
+    let (status, stdout, _) = run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(0));
+    assert!(stdout.starts_with("config ok"), "{stdout}");
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() {
+    let (status, _, stderr) = run_gateway(&["--frobnicate"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stderr.contains("--frobnicate") && stderr.contains("USAGE"), "{stderr}");
+    let (status, _, _) = run_gateway(&["--listen"]);
+    assert_eq!(status.code(), Some(2));
+    let (status, stdout, _) = run_gateway(&["--help"]);
+    assert_eq!(status.code(), Some(0));
+    assert!(stdout.contains("--config FILE") && stdout.contains("--listen ADDR"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_mode_counts_visits_while_the_session_sticks() {
+    let gw = spawn_gateway(&[], None).await;
+    let jar = jar_client();
+    let mut backend = None;
+    for visit in 1..=5 {
+        let text = get(&jar, &gw.url).await.text().await.unwrap();
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let name = body["backend"].as_str().unwrap().to_owned();
+        assert!(["demo-1", "demo-2", "demo-3"].contains(&name.as_str()), "{body}");
+        assert_eq!(*backend.get_or_insert_with(|| name.clone()), name, "{body}");
+        assert_eq!(body["visits"], visit, "{body}");
+        assert_eq!(body["path"], "/", "{body}");
+        let seen = body["cookies_seen"].as_str().unwrap();
+        assert!(!seen.contains("demo-session"), "the gateway's cookie is stripped: {body}");
+        if visit > 1 {
+            assert!(seen.contains("demo-visitor="), "{body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_answer_502_504_and_404() {
+    let dead = dead_address();
+    // Accepts connections (the kernel does) but never answers.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = format!(
+        "timeout: 300ms
+services:
+  - {{name: dead, endpoints: [\"{dead}\"]}}
+  - {{name: stalled, endpoints: [\"{}\"]}}
+routes:
+{}",
+        stalled.local_addr().unwrap(),
+        route(
+            "broken",
+            "      hostnames: [\"broken.example\"]\n",
+            "        - matches: [{path: {value: /dead}}]
+          backendRefs: [{name: dead}]
+          sessionPersistence: {cookie: {}}
+        - matches: [{path: {value: /stalled}}]
+          backendRefs: [{name: stalled}]
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let client = fresh_client();
+    let send = |path: &str, host: &str| {
+        client.get(format!("{}{path}", gw.url)).header("host", host).send()
+    };
+
+    let res = send("/dead", "broken.example").await.unwrap();
+    assert_eq!(res.status(), 502);
+    assert!(set_cookies(&res).is_empty(), "no session for a failed request");
+    assert!(res.text().await.unwrap().starts_with("502 "));
+
+    let res = send("/stalled", "broken.example").await.unwrap();
+    assert_eq!(res.status(), 504);
+
+    let res = send("/dead", "other.example").await.unwrap();
+    assert_eq!(res.status(), 404);
+    let res = send("/elsewhere", "broken.example").await.unwrap();
+    assert_eq!(res.status(), 404);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_header_is_kept_and_forwarded_headers_are_set() {
+    let b = backend("a").await;
+    let config = format!(
+        "services:
+  - {{name: echo, endpoints: [\"{}\"]}}
+routes:
+{}",
+        b.addr,
+        route(
+            "shop",
+            "      hostnames: [\"shop.example\"]\n",
+            "        - backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: sticky}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let res = fresh_client()
+        .get(format!("{}/cart/items?id=7&x=%20", gw.url))
+        .header("host", "Shop.Example:8443")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "x-seen-host"), "Shop.Example:8443");
+    assert_eq!(header(&res, "x-seen-xfh"), "Shop.Example:8443");
+    assert_eq!(header(&res, "x-seen-xff"), "203.0.113.9, 127.0.0.1");
+    assert_eq!(header(&res, "x-seen-xfp"), "http");
+    assert_eq!(header(&res, "x-seen-path"), "/cart/items?id=7&x=%20");
+    assert_eq!(header(&res, "x-seen-hop"), "", "headers named by Connection are hop-by-hop");
+}

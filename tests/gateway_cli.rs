@@ -30,19 +30,36 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ----- The binary. -----
 
-/// The example binary, built once per test run.
+/// The example binary, built once per test run into the target directory, profile and target
+/// triple of this test binary.
 fn gateway_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("the test binary knows its path");
-        // <target>/<profile>/deps/gateway_cli-<hash>
-        let profile_dir = exe.parent().and_then(Path::parent).expect("<target>/<profile>/deps");
-        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        // <target dir>[/<triple>]/<profile>/deps/gateway_cli-<hash>
+        let profile_dir = exe.parent().and_then(Path::parent).expect("<profile>/deps");
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("a profile");
+        let above = profile_dir.parent().expect("a target directory");
+        // Cargo marks the target directory's root with CACHEDIR.TAG.
+        let (target_dir, triple) = if above.join("CACHEDIR.TAG").exists() {
+            (above, None)
+        } else {
+            (above.parent().expect("a target directory"), above.file_name())
+        };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "--quiet", "--example", "gateway"]);
-        if release {
-            build.arg("--release");
+        build.args(["build", "--quiet", "--example", "gateway", "--target-dir"]).arg(target_dir);
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            custom => {
+                build.args(["--profile", custom]);
+            }
+        }
+        if let Some(triple) = triple {
+            build.arg("--target").arg(triple);
         }
         let status = build
             .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -78,15 +78,30 @@
 //!           sessionPersistence:                       # both Gateway API shapes: main's
 //!             cookie: {name: shop-session, lifetimeType: Permanent}  # cookie/header, and
 //!             absoluteTimeout: 1h                     # v1.6's sessionName/cookieConfig
-//!           x-session-persistence:                    # optional extension, all optional
-//!             indirect: true          # strip the session cookie before the backend (true)
+//!           x-session-persistence:    # optional extension block, every field optional
 //!             onUnavailable: rebalance # or reject: 503 when the session's endpoint is gone
-//!             secure: true            # cookie attributes; GEP defaults: Secure,
-//!             httpOnly: true          # HttpOnly, SameSite=Strict, no Domain
+//!             secure: true            # cookie attributes; GEP defaults: Secure, HttpOnly,
+//!             httpOnly: true          # SameSite=Strict, no Domain, not Partitioned
 //!             sameSite: Strict        # Strict | Lax | None | Omit
 //!             domain: example.com
+//!             partitioned: false
+//!             attributes: [Priority=High]   # written as they are
+//!             strategy: insert        # cookie sessions (HAProxy's words): insert (default:
+//!                                     # our own cookie), rewrite (the backend's cookie of
+//!                                     # that name carries the token), prefix (`<token>~`
+//!                                     # before the backend's value), passive (read only)
+//!             indirect: true          # insert, rewrite: remove the cookie before the backend
+//!                                     # (default true for insert, false for rewrite)
+//!             preserve: false         # insert: a backend's own cookie of our name wins
+//!             nocache: false          # insert: Cache-Control: private on cacheable answers
+//!             postonly: false         # insert: set the cookie on answers to POST only
+//!             maxClockSkew: 60s       # how far in the future a token may be dated
+//!             refreshInterval: 15m    # how often a token is re-issued (default: a quarter
+//!                                     # of the v1.1-v1.5 idleTimeout, else never)
 //! ```
 //!
+//! Options that do not apply are errors (cookie options on a header session, `preserve` with
+//! `strategy: rewrite`, an extension block without `sessionPersistence`).
 //! Unknown fields are errors. A cookie or header without a name is named
 //! `sp-<namespace>-<route>-<rule index>`. Each rule is its own persistence scope
 //! (`<namespace>/<route>/<rule index>`): rules never share sessions. A rule without
@@ -114,6 +129,8 @@ mod config;
 mod demo;
 #[path = "gateway/failure.rs"]
 mod failure;
+#[path = "gateway/persistence.rs"]
+mod persistence;
 #[path = "gateway/proxy.rs"]
 mod proxy;
 #[path = "gateway/routing.rs"]

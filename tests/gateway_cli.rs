@@ -200,7 +200,8 @@ fn run_gateway(args: &[&str]) -> (ExitStatus, String, String) {
 // ----- Backends. -----
 
 /// A backend that answers with its name (body and `x-backend`), and echoes what it received
-/// in `x-seen-*` headers. Under `/own-cookie` it also sets a cookie of its own.
+/// in `x-seen-*` headers. At `.../own-cookie` it also sets a cookie of its own; at
+/// `.../cacheable` it allows caching.
 struct Backend {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -251,6 +252,9 @@ fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .header("x-seen-path", req.uri().to_string());
     if req.uri().path().ends_with("/own-cookie") {
         res = res.header("set-cookie", "backend-own=v1; Path=/; HttpOnly");
+    }
+    if req.uri().path().ends_with("/cacheable") {
+        res = res.header("cache-control", "max-age=60");
     }
     res.body(Full::new(Bytes::from(name.to_owned()))).unwrap()
 }
@@ -541,6 +545,54 @@ routes:
             .unwrap();
         assert_eq!(served_by(&res), pinned);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extension_block_reaches_the_library() {
+    let b = backend("a").await;
+    let config = format!(
+        "services:
+  - {{name: echo, endpoints: [\"{}\"]}}
+routes:
+{}",
+        b.addr,
+        route(
+            "ext",
+            "",
+            "        - matches: [{path: {value: /attrs}}]
+          backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: attrs}}
+          x-session-persistence:
+            secure: false
+            sameSite: Lax
+            attributes: [Priority=High]
+            nocache: true
+        - matches: [{path: {value: /prefix}}]
+          backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: backend-own}}
+          x-session-persistence: {strategy: prefix}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let client = fresh_client();
+
+    let res = get(&client, &format!("{}/attrs/cacheable", gw.url)).await;
+    let cookie = set_cookies(&res).pop().expect("a session cookie");
+    assert!(cookie.starts_with("attrs="), "{cookie}");
+    assert!(cookie.contains("SameSite=Lax") && cookie.contains("Priority=High"), "{cookie}");
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let cache_control: Vec<_> = res.headers().get_all("cache-control").iter().collect();
+    assert!(cache_control.iter().any(|v| v.to_str().unwrap().contains("private")), "{res:?}");
+
+    // prefix: the backend's own cookie carries the session, `<token>~<its value>`.
+    let res = get(&client, &format!("{}/prefix/own-cookie", gw.url)).await;
+    let cookie = set_cookies(&res).pop().expect("the backend's cookie");
+    let (pair, attributes) = cookie.split_once(';').unwrap();
+    assert!(pair.starts_with("backend-own=") && pair.ends_with("~v1"), "{cookie}");
+    assert_eq!(attributes, " Path=/; HttpOnly", "the backend's attributes are kept");
+    let res = client.get(format!("{}/prefix", gw.url)).header("cookie", pair).send().await.unwrap();
+    assert_eq!(header(&res, "x-seen-cookie"), "backend-own=v1");
 }
 
 #[test]

@@ -14,12 +14,10 @@ use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_IND
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tower_session_persistence::OnUnavailable;
-use tower_session_persistence::policy::{
-    Carrier, PolicyBuilder, PolicyError, SameSite, SessionPersistenceConfig, SessionPolicy,
-    parse_duration,
-};
+use tower_session_persistence::policy::{PolicyError, SessionPersistenceConfig, parse_duration};
 use tower_session_persistence::token::SignedCodec;
 
+use crate::persistence::{self, Extension, Persistence};
 use crate::routing::{Hostname, PathMatch};
 
 /// Where the gateway listens when neither the file nor `--listen` says.
@@ -118,34 +116,6 @@ struct BackendRef {
     kind: Option<String>,
 }
 
-/// The `x-session-persistence` extension block: what the library offers beyond the standard
-/// stanza.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Extension {
-    indirect: Option<bool>,
-    on_unavailable: Option<OnUnavailableConfig>,
-    secure: Option<bool>,
-    http_only: Option<bool>,
-    same_site: Option<SameSiteConfig>,
-    domain: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum OnUnavailableConfig {
-    Rebalance,
-    Reject,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize)]
-enum SameSiteConfig {
-    Strict,
-    Lax,
-    None,
-    Omit,
-}
-
 // ----- The checked plan. -----
 
 /// A configuration that passed every check: what the gateway runs.
@@ -174,8 +144,8 @@ pub(crate) struct RulePlan {
     pub(crate) matches: Vec<PathMatch>,
     /// The rule's `backendRefs`, resolved to endpoints.
     pub(crate) backends: Vec<BackendPlan>,
-    /// The session policy, when the rule has `sessionPersistence`.
-    pub(crate) persistence: Option<SessionPolicy>,
+    /// The session persistence, when the rule has `sessionPersistence`.
+    pub(crate) persistence: Option<Persistence>,
     /// What to do when a session's endpoint is gone.
     pub(crate) on_unavailable: OnUnavailable,
 }
@@ -199,7 +169,7 @@ pub(crate) struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self { path: path.into(), message: message.into() }
     }
 }
@@ -478,7 +448,7 @@ fn check_rule(
 
     let extension = rule.extension.as_ref();
     let persistence = match (&rule.session_persistence, extension) {
-        (Some(stanza), extension) => Some(policy(stanza, extension, default_name, at)?),
+        (Some(stanza), extension) => Some(persistence::check(stanza, extension, default_name, at)?),
         (None, Some(_)) => {
             return Err(ConfigError::new(
                 format!("{at}.x-session-persistence"),
@@ -487,101 +457,8 @@ fn check_rule(
         }
         (None, None) => None,
     };
-    let on_unavailable = match extension.and_then(|e| e.on_unavailable) {
-        Some(OnUnavailableConfig::Reject) => OnUnavailable::Reject,
-        Some(OnUnavailableConfig::Rebalance) | None => OnUnavailable::Rebalance,
-    };
+    let on_unavailable = persistence::on_unavailable(extension);
     Ok(RulePlan { scope, hostnames, matches, backends, persistence, on_unavailable })
-}
-
-/// The rule's session policy: the standard stanza, read by the library, with the extension
-/// block's settings on top.
-///
-/// The library's `to_policy` interprets the stanza (both Gateway API shapes, the default name,
-/// every GEP rule); its result is then copied field by field into a fresh builder, the
-/// extension applied, and built again, which checks the extension's values too.
-fn policy(
-    stanza: &SessionPersistenceConfig,
-    extension: Option<&Extension>,
-    default_name: &str,
-    at: &str,
-) -> Result<SessionPolicy, ConfigError> {
-    let stanza_at = format!("{at}.sessionPersistence");
-    let standard = stanza.to_policy(default_name).map_err(|e| e.within(&stanza_at))?;
-    let Some(ext) = extension else {
-        return Ok(standard);
-    };
-    let ext_at = format!("{at}.x-session-persistence");
-    let mut builder = to_builder(&standard);
-    if let Carrier::Header(_) = standard.carrier() {
-        let cookie_only = [
-            ("indirect", ext.indirect.is_some()),
-            ("secure", ext.secure.is_some()),
-            ("httpOnly", ext.http_only.is_some()),
-            ("sameSite", ext.same_site.is_some()),
-            ("domain", ext.domain.is_some()),
-        ];
-        if let Some((field, _)) = cookie_only.iter().find(|(_, set)| *set) {
-            return Err(ConfigError::new(
-                format!("{ext_at}.{field}"),
-                "applies to cookie sessions only (this rule's sessionPersistence is a header)",
-            ));
-        }
-    }
-    if let Some(on) = ext.indirect {
-        builder = builder.indirect(on);
-    }
-    if let Some(on) = ext.secure {
-        builder = builder.secure(on);
-    }
-    if let Some(on) = ext.http_only {
-        builder = builder.http_only(on);
-    }
-    if let Some(same_site) = ext.same_site {
-        builder = builder.same_site(match same_site {
-            SameSiteConfig::Strict => Some(SameSite::Strict),
-            SameSiteConfig::Lax => Some(SameSite::Lax),
-            SameSiteConfig::None => Some(SameSite::None),
-            SameSiteConfig::Omit => None,
-        });
-    }
-    if let Some(domain) = &ext.domain {
-        builder = builder.domain(domain.clone());
-    }
-    builder.build().map_err(|err| match err.field() {
-        "cookie.domain" => ConfigError::new(format!("{ext_at}.domain"), err.rule()),
-        _ => err.within(&stanza_at).into(),
-    })
-}
-
-/// A builder holding everything `policy` says, so that more can be set on top.
-fn to_builder(policy: &SessionPolicy) -> PolicyBuilder {
-    let mut builder = match policy.carrier() {
-        Carrier::Cookie(attributes) => {
-            let mut b = SessionPolicy::cookie(policy.name())
-                .path(attributes.path.clone())
-                .http_only(attributes.http_only)
-                .secure(attributes.secure)
-                .same_site(attributes.same_site)
-                .partitioned(attributes.partitioned)
-                .lifetime(attributes.lifetime);
-            for domain in &attributes.domains {
-                b = b.domain(domain.clone());
-            }
-            for attribute in &attributes.extra {
-                b = b.attribute(attribute.clone());
-            }
-            b
-        }
-        Carrier::Header(_) => SessionPolicy::header(policy.name()),
-    };
-    if let Some(timeout) = policy.absolute_timeout() {
-        builder = builder.absolute_timeout(timeout);
-    }
-    if let Some(timeout) = policy.idle_timeout() {
-        builder = builder.idle_timeout(timeout);
-    }
-    builder.indirect(policy.indirect())
 }
 
 #[cfg(test)]
@@ -621,20 +498,17 @@ mod tests {
     }
 
     #[test]
-    fn extension_applies_to_the_policy() {
+    fn a_rule_gets_its_scope_default_name_and_extension() {
         let plan = parse(&route(
             "{backendRefs: [{name: a}], sessionPersistence: {cookie: {}}, \
-             x-session-persistence: {secure: false, sameSite: Lax, indirect: false, onUnavailable: reject}}",
+             x-session-persistence: {onUnavailable: reject}}",
         ))
         .unwrap();
         let rule = &plan.rules[0];
-        let policy = rule.persistence.as_ref().unwrap();
-        assert_eq!(policy.name(), "sp-default-shop-0");
-        assert!(!policy.indirect());
-        let Carrier::Cookie(c) = policy.carrier() else { panic!("cookie expected") };
-        assert!(!c.secure && c.http_only);
-        assert_eq!(c.same_site, Some(SameSite::Lax));
+        assert_eq!(rule.persistence.as_ref().unwrap().policy().name(), "sp-default-shop-0");
         assert_eq!(rule.on_unavailable, OnUnavailable::Reject);
         assert_eq!(rule.scope, "default/shop/0");
+        let e = error(&route("{backendRefs: [{name: a}], x-session-persistence: {}}"));
+        assert!(e.starts_with("routes[0].spec.rules[0].x-session-persistence: "), "{e}");
     }
 }

@@ -16,7 +16,6 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode, header};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_session_persistence::SessionPersistenceLayer;
 use tower_session_persistence::balance::{
     Balancer, BalancerBuilder, DiscoverSender, discover_channel,
 };
@@ -115,12 +114,15 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
     let balancer: Balancer<Key, Upstream, Body> = builder.build();
 
     let service = match &rule.persistence {
-        Some(policy) => {
-            let layer = SessionPersistenceLayer::<Key>::new(policy.clone(), plan.codec.clone())
-                .scope(scope.clone());
+        Some(persistence) => {
+            tracing::info!(rule = %scope, session = persistence.policy().name(), endpoints = expected, "rule ready");
+            let layer = persistence.layer::<Key>(plan.codec.clone(), &scope);
             answering(&scope, layer.layer(balancer.clone()))
         }
-        None => answering(&scope, balancer.clone()),
+        None => {
+            tracing::info!(rule = %scope, endpoints = expected, "rule ready, no session persistence");
+            answering(&scope, balancer.clone())
+        }
     };
     Rule { scope, service, endpoints, balancer: Some(balancer), expected }
 }

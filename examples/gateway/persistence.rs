@@ -1,0 +1,353 @@
+//! A rule's session persistence: the Gateway API `sessionPersistence` stanza, read by the
+//! library, with the gateway's `x-session-persistence` extension block on top; and the layer
+//! that enforces it.
+//!
+//! The stanza is interpreted by `SessionPersistenceConfig::to_policy` (both Gateway API shapes,
+//! the default name, every GEP rule). Its result is copied field by field into a fresh
+//! `PolicyBuilder`, the extension's cookie settings are applied, and the policy is built again,
+//! which checks them too. The extension's other settings pick the strategy and tune the layer.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use tower_session_persistence::policy::{
+    Carrier, PolicyBuilder, SameSite, SessionPersistenceConfig, SessionPolicy, parse_duration,
+};
+use tower_session_persistence::strategy::{Insert, Passive, Prefix, Rewrite};
+use tower_session_persistence::token::SignedCodec;
+use tower_session_persistence::{OnUnavailable, SessionPersistenceLayer};
+
+use crate::config::ConfigError;
+
+/// The `x-session-persistence` extension block; every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Extension {
+    on_unavailable: Option<OnUnavailableName>,
+    strategy: Option<StrategyName>,
+    indirect: Option<bool>,
+    preserve: Option<bool>,
+    nocache: Option<bool>,
+    postonly: Option<bool>,
+    secure: Option<bool>,
+    http_only: Option<bool>,
+    same_site: Option<SameSiteName>,
+    domain: Option<String>,
+    partitioned: Option<bool>,
+    attributes: Option<Vec<String>>,
+    max_clock_skew: Option<String>,
+    refresh_interval: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OnUnavailableName {
+    Rebalance,
+    Reject,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StrategyName {
+    Insert,
+    Rewrite,
+    Prefix,
+    Passive,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+enum SameSiteName {
+    Strict,
+    Lax,
+    None,
+    Omit,
+}
+
+/// How the session travels, when the extension chooses; otherwise the library's default
+/// (`insert` for cookies, the header for headers).
+#[derive(Clone, Copy, Debug)]
+enum StrategyPlan {
+    Insert(Insert),
+    Rewrite(Rewrite),
+    Prefix,
+    Passive,
+}
+
+/// A rule's checked session persistence.
+#[derive(Debug)]
+pub(crate) struct Persistence {
+    policy: SessionPolicy,
+    strategy: Option<StrategyPlan>,
+    max_clock_skew: Option<Duration>,
+    refresh_interval: Option<Duration>,
+}
+
+impl Persistence {
+    /// The policy: name, carrier, timeouts, cookie attributes.
+    pub(crate) fn policy(&self) -> &SessionPolicy {
+        &self.policy
+    }
+
+    /// The layer enforcing this persistence for the rule `scope`.
+    pub(crate) fn layer<K>(&self, codec: SignedCodec, scope: &str) -> SessionPersistenceLayer<K> {
+        let mut layer = SessionPersistenceLayer::new(self.policy.clone(), codec).scope(scope);
+        layer = match self.strategy {
+            None => layer,
+            Some(StrategyPlan::Insert(insert)) => layer.strategy(insert),
+            Some(StrategyPlan::Rewrite(rewrite)) => layer.strategy(rewrite),
+            Some(StrategyPlan::Prefix) => layer.strategy(Prefix),
+            Some(StrategyPlan::Passive) => layer.strategy(Passive),
+        };
+        if let Some(skew) = self.max_clock_skew {
+            layer = layer.max_clock_skew(skew);
+        }
+        if let Some(interval) = self.refresh_interval {
+            layer = layer.refresh_interval(interval);
+        }
+        layer
+    }
+}
+
+/// What the rule does when a session's endpoint is gone (`onUnavailable`, default rebalance).
+pub(crate) fn on_unavailable(extension: Option<&Extension>) -> OnUnavailable {
+    match extension.and_then(|e| e.on_unavailable) {
+        Some(OnUnavailableName::Reject) => OnUnavailable::Reject,
+        Some(OnUnavailableName::Rebalance) | None => OnUnavailable::Rebalance,
+    }
+}
+
+/// Checks a rule's stanza and extension (`at` is the rule's YAML path). `default_name` names
+/// the cookie or header when the stanza does not.
+pub(crate) fn check(
+    stanza: &SessionPersistenceConfig,
+    extension: Option<&Extension>,
+    default_name: &str,
+    at: &str,
+) -> Result<Persistence, ConfigError> {
+    let stanza_at = format!("{at}.sessionPersistence");
+    let standard = stanza.to_policy(default_name).map_err(|e| e.within(&stanza_at))?;
+    let Some(ext) = extension else {
+        return Ok(Persistence {
+            policy: standard,
+            strategy: None,
+            max_clock_skew: None,
+            refresh_interval: None,
+        });
+    };
+    let ext_at = format!("{at}.x-session-persistence");
+    let field = |name: &str| format!("{ext_at}.{name}");
+
+    let cookie_only = [
+        ("strategy", ext.strategy.is_some()),
+        ("indirect", ext.indirect.is_some()),
+        ("preserve", ext.preserve.is_some()),
+        ("nocache", ext.nocache.is_some()),
+        ("postonly", ext.postonly.is_some()),
+        ("secure", ext.secure.is_some()),
+        ("httpOnly", ext.http_only.is_some()),
+        ("sameSite", ext.same_site.is_some()),
+        ("domain", ext.domain.is_some()),
+        ("partitioned", ext.partitioned.is_some()),
+        ("attributes", ext.attributes.is_some()),
+    ];
+    if let Carrier::Header(_) = standard.carrier()
+        && let Some((name, _)) = cookie_only.iter().find(|(_, set)| *set)
+    {
+        return Err(ConfigError::new(
+            field(name),
+            "applies to cookie sessions only (this rule's sessionPersistence is a header)",
+        ));
+    }
+
+    let strategy = strategy(ext, &field)?;
+    let mut builder = to_builder(&standard);
+    if let Some(StrategyPlan::Insert(_)) | None = strategy
+        && let Some(on) = ext.indirect
+    {
+        builder = builder.indirect(on);
+    }
+    if let Some(on) = ext.secure {
+        builder = builder.secure(on);
+    }
+    if let Some(on) = ext.http_only {
+        builder = builder.http_only(on);
+    }
+    if let Some(same_site) = ext.same_site {
+        builder = builder.same_site(match same_site {
+            SameSiteName::Strict => Some(SameSite::Strict),
+            SameSiteName::Lax => Some(SameSite::Lax),
+            SameSiteName::None => Some(SameSite::None),
+            SameSiteName::Omit => None,
+        });
+    }
+    if let Some(domain) = &ext.domain {
+        builder = builder.domain(domain.clone());
+    }
+    if let Some(on) = ext.partitioned {
+        builder = builder.partitioned(on);
+    }
+    for (i, attribute) in ext.attributes.iter().flatten().enumerate() {
+        // Checked one by one with the library's own rule, to name the one at fault.
+        SessionPolicy::cookie("check")
+            .attribute(attribute.clone())
+            .build()
+            .map_err(|err| ConfigError::new(field(&format!("attributes[{i}]")), err.rule()))?;
+        builder = builder.attribute(attribute.clone());
+    }
+    let policy = builder.build().map_err(|err| match err.field() {
+        "cookie.domain" => ConfigError::new(field("domain"), err.rule()),
+        _ => err.within(&stanza_at).into(),
+    })?;
+    Ok(Persistence {
+        policy,
+        strategy,
+        max_clock_skew: duration(ext.max_clock_skew.as_deref(), &field("maxClockSkew"))?,
+        refresh_interval: duration(ext.refresh_interval.as_deref(), &field("refreshInterval"))?,
+    })
+}
+
+/// The strategy the extension asks for, if it asks; options that do not apply to it are
+/// errors.
+fn strategy(
+    ext: &Extension,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<StrategyPlan>, ConfigError> {
+    let name = match ext.strategy {
+        Some(name) => name,
+        // Insert options alone choose insert, with the library's defaults for the rest.
+        None if ext.preserve.is_some() || ext.nocache.is_some() || ext.postonly.is_some() => {
+            StrategyName::Insert
+        }
+        None => return Ok(None),
+    };
+    let only_insert = [
+        ("preserve", ext.preserve.is_some()),
+        ("nocache", ext.nocache.is_some()),
+        ("postonly", ext.postonly.is_some()),
+    ];
+    if name != StrategyName::Insert
+        && let Some((option, _)) = only_insert.iter().find(|(_, set)| *set)
+    {
+        return Err(ConfigError::new(field(option), "applies to strategy insert only"));
+    }
+    if matches!(name, StrategyName::Prefix | StrategyName::Passive) && ext.indirect.is_some() {
+        return Err(ConfigError::new(
+            field("indirect"),
+            "applies to strategies insert and rewrite only",
+        ));
+    }
+    Ok(Some(match name {
+        StrategyName::Insert => StrategyPlan::Insert(
+            Insert::new()
+                .indirect(ext.indirect.unwrap_or(true))
+                .preserve(ext.preserve.unwrap_or(false))
+                .nocache(ext.nocache.unwrap_or(false))
+                .postonly(ext.postonly.unwrap_or(false)),
+        ),
+        StrategyName::Rewrite => {
+            StrategyPlan::Rewrite(Rewrite::new().indirect(ext.indirect.unwrap_or(false)))
+        }
+        StrategyName::Prefix => StrategyPlan::Prefix,
+        StrategyName::Passive => StrategyPlan::Passive,
+    }))
+}
+
+fn duration(text: Option<&str>, at: &str) -> Result<Option<Duration>, ConfigError> {
+    text.map(|text| {
+        parse_duration(text).ok_or_else(|| {
+            ConfigError::new(
+                at,
+                format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 30s or 1m30s"),
+            )
+        })
+    })
+    .transpose()
+}
+
+/// A builder holding everything `policy` says, so that more can be set on top.
+fn to_builder(policy: &SessionPolicy) -> PolicyBuilder {
+    let mut builder = match policy.carrier() {
+        Carrier::Cookie(attributes) => {
+            let mut b = SessionPolicy::cookie(policy.name())
+                .path(attributes.path.clone())
+                .http_only(attributes.http_only)
+                .secure(attributes.secure)
+                .same_site(attributes.same_site)
+                .partitioned(attributes.partitioned)
+                .lifetime(attributes.lifetime);
+            for domain in &attributes.domains {
+                b = b.domain(domain.clone());
+            }
+            for attribute in &attributes.extra {
+                b = b.attribute(attribute.clone());
+            }
+            b
+        }
+        Carrier::Header(_) => SessionPolicy::header(policy.name()),
+    };
+    if let Some(timeout) = policy.absolute_timeout() {
+        builder = builder.absolute_timeout(timeout);
+    }
+    if let Some(timeout) = policy.idle_timeout() {
+        builder = builder.idle_timeout(timeout);
+    }
+    builder.indirect(policy.indirect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza(json: &str) -> SessionPersistenceConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn extension(json: &str) -> Extension {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn error(stanza_json: &str, ext_json: &str) -> String {
+        check(&stanza(stanza_json), Some(&extension(ext_json)), "d", "r").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_extension_applies_to_the_policy() {
+        let ext = extension(
+            r#"{"secure": false, "sameSite": "Lax", "indirect": false, "domain": "example.com",
+                "attributes": ["Priority=High"], "partitioned": true}"#,
+        );
+        let p = check(&stanza(r#"{"cookie": {"path": "/app"}}"#), Some(&ext), "gen", "r").unwrap();
+        assert_eq!(p.policy.name(), "gen");
+        assert!(!p.policy.indirect());
+        let Carrier::Cookie(c) = p.policy.carrier() else { panic!("cookie expected") };
+        assert!(!c.secure && c.http_only && c.partitioned);
+        assert_eq!(c.same_site, Some(SameSite::Lax));
+        assert_eq!(c.path, "/app");
+        assert_eq!(c.domains, ["example.com"]);
+        assert_eq!(c.extra, ["Priority=High"]);
+        assert!(p.strategy.is_none());
+        assert_eq!(
+            on_unavailable(Some(&extension(r#"{"onUnavailable": "reject"}"#))),
+            OnUnavailable::Reject
+        );
+    }
+
+    #[test]
+    fn options_must_fit_the_carrier_and_the_strategy() {
+        let e = error(r#"{"type": "Header", "header": {"name": "x-s"}}"#, r#"{"secure": false}"#);
+        assert!(e.starts_with("r.x-session-persistence.secure: "), "{e}");
+        let e = error(r#"{"cookie": {}}"#, r#"{"strategy": "rewrite", "nocache": true}"#);
+        assert!(e.starts_with("r.x-session-persistence.nocache: "), "{e}");
+        let e = error(r#"{"cookie": {}}"#, r#"{"strategy": "prefix", "indirect": true}"#);
+        assert!(e.starts_with("r.x-session-persistence.indirect: "), "{e}");
+        let e = error(r#"{"cookie": {}}"#, r#"{"attributes": ["ok", "bad;one"]}"#);
+        assert!(e.starts_with("r.x-session-persistence.attributes[1]: "), "{e}");
+        let e = error(r#"{"cookie": {}}"#, r#"{"domain": "a b"}"#);
+        assert!(e.starts_with("r.x-session-persistence.domain: "), "{e}");
+        let e = error(r#"{"cookie": {}}"#, r#"{"refreshInterval": "soon"}"#);
+        assert!(e.starts_with("r.x-session-persistence.refreshInterval: "), "{e}");
+        let p =
+            check(&stanza(r#"{"cookie": {}}"#), Some(&extension(r#"{"nocache": true}"#)), "d", "r");
+        assert!(matches!(p.unwrap().strategy, Some(StrategyPlan::Insert(_))));
+    }
+}

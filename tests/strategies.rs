@@ -426,3 +426,24 @@ async fn url_sessions_travel_in_path_or_query_parameters() {
         res.headers()["location"].to_str().unwrap().starts_with("https://shop.example/b?session=")
     );
 }
+
+#[tokio::test]
+async fn websocket_upgrades_are_pinned_and_the_101_carries_the_cookie() {
+    let layer = SessionPersistenceLayer::<String>::new(
+        SessionPolicy::cookie("SRV").build().unwrap(),
+        signed(),
+    );
+    let svc = ServiceBuilder::new().layer(layer).service(backend("s1"));
+    let upgrade = || {
+        get()
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("x-respond-status", "101")
+    };
+    let res = call(&svc, upgrade()).await;
+    assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(all(res.headers(), "set-cookie").len(), 1, "a new session is set on the 101");
+    let res = call(&svc, upgrade().header("cookie", format!("SRV={}", token("SRV", "s2")))).await;
+    assert_eq!(res.headers()["x-backend"], "s2", "the upgrade is pinned");
+    assert!(all(res.headers(), "set-cookie").is_empty());
+}

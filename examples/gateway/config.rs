@@ -207,6 +207,11 @@ pub(crate) fn parse(text: &str) -> Result<Plan, ConfigError> {
         {
             message = rest.to_owned();
         }
+        if !message.contains(" at line ")
+            && let Some(at) = inner.location()
+        {
+            message.push_str(&format!(" at line {} column {}", at.line(), at.column()));
+        }
         ConfigError::new(if path == "." { String::new() } else { path }, message)
     })?;
     check(file)

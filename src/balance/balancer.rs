@@ -1,74 +1,36 @@
-//! The persistence-aware balancer.
+//! The persistence-aware balancer: its handle, its builder and its `Service` impl.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use futures_util::future::MapErr;
 use http::{Request, Response};
 use tower::BoxError;
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::discover::{Change, Discover};
-use tower::util::{Oneshot, ServiceExt};
 use tower_service::Service;
 
-use super::discover::{DiscoverSender, discover_channel};
-use super::endpoint::{Endpoint, EndpointFuture};
-use super::future::ResponseFuture;
-use super::weights::WeightedPicker;
+use super::affinity::{AffinityKey, NoAffinity};
+use super::core::{Classifier, Core, Settings, dispatch};
+use super::failure::{NoReplay, Replay, ReplayEmptyBodies, is_connect_failure};
+use super::future::{Mode, ResponseFuture};
+use super::state::EndpointState;
 use crate::{EndpointKey, OnUnavailable, PinnedEndpoint, PinnedUnavailable};
-
-/// The future of one group's p2c `Balance`.
-type BalancedFuture<K, S, B> = MapErr<
-    EndpointFuture<<S as Service<Request<B>>>::Future, K>,
-    fn(<S as Service<Request<B>>>::Error) -> BoxError,
->;
-
-/// The buffered p2c balancer of one weighted group.
-type GroupBuffer<K, S, B> = Buffer<Request<B>, BalancedFuture<K, S, B>>;
-
-/// Every known endpoint of every group, by key: where pinned requests look.
-type Registry<K, S> = Arc<RwLock<HashMap<K, Endpoint<K, S>>>>;
-
-/// The error for a request that no endpoint can take: every group is empty or has weight 0.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct NoEndpoints;
-
-impl fmt::Display for NoEndpoints {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("no endpoint is available for a new session")
-    }
-}
-
-impl std::error::Error for NoEndpoints {}
-
-struct Group<K, S, B>
-where
-    S: Service<Request<B>>,
-{
-    weight: u64,
-    /// How many endpoints the group has now; an empty group takes no new sessions.
-    size: Arc<AtomicUsize>,
-    balance: GroupBuffer<K, S, B>,
-}
 
 /// A load balancer that honours [`PinnedEndpoint`]; see the [module docs](super).
 ///
-/// Cheap to clone; every clone shares the same endpoints.
+/// Cheap to clone; every clone shares the same endpoints. The handle also changes endpoint
+/// states at run time ([`drain`](Self::drain), [`set_state`](Self::set_state)) and group
+/// weights ([`set_weight`](Self::set_weight)); endpoints come and go through each group's
+/// [`Discover`].
 pub struct Balancer<K, S, B>
 where
     S: Service<Request<B>>,
 {
-    groups: Arc<[Group<K, S, B>]>,
-    registry: Registry<K, S>,
-    picker: Arc<WeightedPicker>,
-    on_unavailable: OnUnavailable,
+    core: Arc<Core<K, S, B>>,
 }
 
 impl<K, S, B> Clone for Balancer<K, S, B>
@@ -76,12 +38,7 @@ where
     S: Service<Request<B>>,
 {
     fn clone(&self) -> Self {
-        Self {
-            groups: self.groups.clone(),
-            registry: self.registry.clone(),
-            picker: self.picker.clone(),
-            on_unavailable: self.on_unavailable,
-        }
+        Self { core: self.core.clone() }
     }
 }
 
@@ -90,30 +47,41 @@ where
     S: Service<Request<B>>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("Balancer")
-            .field("endpoints", &registry.keys().collect::<Vec<_>>())
-            .field("weights", &self.groups.iter().map(|g| g.weight).collect::<Vec<_>>())
-            .field("on_unavailable", &self.on_unavailable)
+            .field("endpoints", &self.core.keys_debug())
+            .field("weights", &self.core.weights())
+            .field("settings", &self.core.settings)
             .finish()
     }
 }
 
 /// Configures and starts a [`Balancer`].
+///
+/// `A` is the affinity key extractor ([`affinity`](Self::affinity)) and `R` the replay policy
+/// ([`replay`](Self::replay)); both default to "none".
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct BalancerBuilder<D> {
+pub struct BalancerBuilder<D, A = NoAffinity, R = NoReplay> {
     groups: Vec<(u64, D)>,
     on_unavailable: OnUnavailable,
     capacity: usize,
+    failfast: Duration,
+    endpoint_queue: usize,
+    eject_for: Duration,
+    classifier: Classifier,
+    affinity: A,
+    replay: R,
 }
 
-impl<D> fmt::Debug for BalancerBuilder<D> {
+impl<D, A, R> fmt::Debug for BalancerBuilder<D, A, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancerBuilder")
             .field("weights", &self.groups.iter().map(|g| g.0).collect::<Vec<_>>())
             .field("on_unavailable", &self.on_unavailable)
             .field("capacity", &self.capacity)
-            .finish()
+            .field("failfast", &self.failfast)
+            .field("endpoint_queue", &self.endpoint_queue)
+            .field("eject_for", &self.eject_for)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,21 +91,44 @@ impl<D> Default for BalancerBuilder<D> {
     }
 }
 
+/// Default of [`BalancerBuilder::failfast`].
+const FAILFAST: Duration = Duration::from_secs(1);
+/// Default of [`BalancerBuilder::endpoint_queue`].
+const ENDPOINT_QUEUE: usize = 128;
+/// Default of [`BalancerBuilder::eject_for`].
+const EJECT_FOR: Duration = Duration::from_secs(10);
+
 impl<D> BalancerBuilder<D> {
     /// Starts configuring a balancer; add groups with [`group`](Self::group).
     pub fn new() -> Self {
-        Self { groups: Vec::new(), on_unavailable: OnUnavailable::default(), capacity: 1024 }
+        Self {
+            groups: Vec::new(),
+            on_unavailable: OnUnavailable::default(),
+            capacity: 1024,
+            failfast: FAILFAST,
+            endpoint_queue: ENDPOINT_QUEUE,
+            eject_for: EJECT_FOR,
+            classifier: Arc::new(is_connect_failure),
+            affinity: NoAffinity,
+            replay: NoReplay,
+        }
     }
+}
 
+impl<D, A, R> BalancerBuilder<D, A, R> {
     /// Adds a group of endpoints (a Gateway API `backendRef`) with its weight. New sessions
     /// are spread over groups by weight; established sessions reach their endpoint whatever
-    /// its group's weight, 0 included.
+    /// its group's weight, 0 included. Groups are numbered from 0 in the order they are
+    /// added ([`Balancer::set_weight`]).
+    ///
+    /// Endpoint keys must be unique across groups.
     pub fn group(mut self, weight: u32, discover: D) -> Self {
         self.groups.push((u64::from(weight), discover));
         self
     }
 
-    /// What to do when a request's pinned endpoint is gone (default
+    /// What to do when a request's pinned endpoint cannot take it: gone, ejected after a
+    /// failure, or busy past the [`failfast`](Self::failfast) deadline (default
     /// [`OnUnavailable::Rebalance`]).
     pub fn on_unavailable(mut self, policy: OnUnavailable) -> Self {
         self.on_unavailable = policy;
@@ -145,13 +136,103 @@ impl<D> BalancerBuilder<D> {
     }
 
     /// How many balanced requests may wait for an endpoint in each group (default 1024).
-    /// Callers beyond that wait for room.
+    /// Callers beyond that wait for room, until the [`failfast`](Self::failfast) deadline.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
     }
 
-    /// Starts the balancer: one discovery task and one p2c worker per group.
+    /// How long a request waits for readiness before failing fast (default 1 s): a pinned
+    /// or affinity request for its endpoint, then it falls back (per
+    /// [`on_unavailable`](Self::on_unavailable) for a pinned one); a balanced request for any
+    /// endpoint of its group, then it fails with [`NoEndpoints`](super::NoEndpoints).
+    ///
+    /// After a pinned request has waited out the deadline, its endpoint is in *fail-fast*
+    /// until it is next seen ready: requests for it fall back at once instead of queueing
+    /// (linkerd2-proxy's behaviour). `Duration::ZERO` never waits.
+    ///
+    /// This bounds waiting for *readiness* only. A response that never comes is the
+    /// endpoint service's business (a `tower::timeout::Timeout` or tower-http's
+    /// `TimeoutLayer` around it).
+    pub fn failfast(mut self, deadline: Duration) -> Self {
+        self.failfast = deadline;
+        self
+    }
+
+    /// How many requests may wait for one endpoint's readiness at a time (pinned and
+    /// affinity requests; default 128). Beyond that a request falls back at once, like
+    /// HAProxy's `maxqueue`.
+    pub fn endpoint_queue(mut self, limit: usize) -> Self {
+        self.endpoint_queue = limit;
+        self
+    }
+
+    /// How long an endpoint is ejected after a failure (default 10 s): it takes neither new
+    /// nor pinned requests, so its sessions fail over; then it is tried again.
+    /// `Duration::ZERO` turns passive ejection off.
+    pub fn eject_for(mut self, period: Duration) -> Self {
+        self.eject_for = period;
+        self
+    }
+
+    /// Decides which endpoint errors mean "the endpoint is failing and the request never
+    /// reached it". Such an error ejects the endpoint and, with [`replay`](Self::replay),
+    /// sends a copy of the request elsewhere. Default: [`is_connect_failure`]. A readiness
+    /// error from a pinned or affinity endpoint always counts.
+    pub fn failure_classifier<F>(mut self, classify: F) -> Self
+    where
+        F: Fn(&BoxError) -> bool + Send + Sync + 'static,
+    {
+        self.classifier = Arc::new(classify);
+        self
+    }
+
+    /// Gives requests without a session an affinity: a key extracted from the request (see
+    /// [`affinity`](super::affinity) for ready-made extractors) picks an endpoint by
+    /// rendezvous hashing, respecting group weights and skipping draining and ejected
+    /// endpoints. Requests without a key, or whose endpoint is busy past the deadline, are
+    /// balanced by p2c.
+    pub fn affinity<A2>(self, key: A2) -> BalancerBuilder<D, A2, R> {
+        BalancerBuilder {
+            groups: self.groups,
+            on_unavailable: self.on_unavailable,
+            capacity: self.capacity,
+            failfast: self.failfast,
+            endpoint_queue: self.endpoint_queue,
+            eject_for: self.eject_for,
+            classifier: self.classifier,
+            affinity: key,
+            replay: self.replay,
+        }
+    }
+
+    /// Lets a request whose endpoint failed to connect be sent once more, on the balanced
+    /// path (so the layer re-pins its session): `replay` makes the copy before the first
+    /// attempt. See [`ReplayEmptyBodies`] and [`replay_empty_bodies`](Self::replay_empty_bodies).
+    /// Not done under [`OnUnavailable::Reject`] for pinned requests: they get
+    /// [`PinnedUnavailable`].
+    pub fn replay<R2>(self, replay: R2) -> BalancerBuilder<D, A, R2> {
+        BalancerBuilder {
+            groups: self.groups,
+            on_unavailable: self.on_unavailable,
+            capacity: self.capacity,
+            failfast: self.failfast,
+            endpoint_queue: self.endpoint_queue,
+            eject_for: self.eject_for,
+            classifier: self.classifier,
+            affinity: self.affinity,
+            replay,
+        }
+    }
+
+    /// Replays requests whose body is empty: [`replay`](Self::replay) with
+    /// [`ReplayEmptyBodies`].
+    pub fn replay_empty_bodies(self) -> BalancerBuilder<D, A, ReplayEmptyBodies> {
+        self.replay(ReplayEmptyBodies)
+    }
+
+    /// Starts the balancer: per group, one task that follows its discovery and one that
+    /// dispatches its balanced requests through tower's p2c.
     ///
     /// # Panics
     ///
@@ -166,20 +247,30 @@ impl<D> BalancerBuilder<D> {
         S::Future: Send + 'static,
         B: Send + 'static,
         RB: Send + 'static,
+        A: AffinityKey<B>,
+        R: Replay<B>,
     {
-        let registry: Registry<K, S> = Arc::default();
-        let groups = self
-            .groups
-            .into_iter()
-            .map(|(weight, discover)| {
-                let (tx, rx) = discover_channel();
-                let size = Arc::new(AtomicUsize::new(0));
-                tokio::spawn(follow(Box::pin(discover), registry.clone(), tx, size.clone()));
-                let balance = Buffer::new(Balance::new(rx), self.capacity);
-                Group { weight, size, balance }
-            })
-            .collect();
-        Balancer { groups, registry, picker: Arc::default(), on_unavailable: self.on_unavailable }
+        let settings = Settings {
+            on_unavailable: self.on_unavailable,
+            failfast: self.failfast,
+            endpoint_queue: self.endpoint_queue,
+            eject_for: self.eject_for,
+            classifier: self.classifier,
+            affinity: self
+                .affinity
+                .enabled()
+                .then(|| Box::new(self.affinity) as Box<dyn AffinityKey<B>>),
+            replay: self.replay.enabled().then(|| Box::new(self.replay) as Box<dyn Replay<B>>),
+        };
+        let weights: Vec<u64> = self.groups.iter().map(|(w, _)| *w).collect();
+        let (core, ends) = Core::new(&weights, self.capacity, settings);
+        let core = Arc::new(core);
+        for (group, ((_, discover), (p2c, queue))) in self.groups.into_iter().zip(ends).enumerate()
+        {
+            tokio::spawn(dispatch(Balance::new(p2c), queue));
+            tokio::spawn(follow(Box::pin(discover), Arc::downgrade(&core), group));
+        }
+        Balancer { core }
     }
 }
 
@@ -189,69 +280,95 @@ where
 {
     /// Starts configuring a balancer; add groups with [`BalancerBuilder::group`].
     pub fn builder<D>() -> BalancerBuilder<D> {
-        BalancerBuilder {
-            groups: Vec::new(),
-            on_unavailable: OnUnavailable::default(),
-            capacity: 1024,
-        }
+        BalancerBuilder::new()
     }
 
-    /// The number of endpoints known now, over all groups.
+    /// The number of endpoints known now, over all groups, in any state.
     pub fn len(&self) -> usize {
-        self.registry.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.core.len()
     }
 
     /// Whether no endpoint is known now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Sets the weight of group `group` (numbered from 0 in the order of
+    /// [`BalancerBuilder::group`]) for new sessions from now on; established sessions are not
+    /// affected. Returns `false` if there is no such group.
+    pub fn set_weight(&self, group: usize, weight: u32) -> bool {
+        self.core.set_weight(group, weight)
+    }
 }
 
-/// Applies one group's discovery changes to the registry and hands them on to its p2c
-/// balancer. Runs as its own task, so that a removed endpoint leaves the registry at once,
-/// not at the next balanced request.
-async fn follow<D, K, S>(
-    mut discover: Pin<Box<D>>,
-    registry: Registry<K, S>,
-    balance: DiscoverSender<K, Endpoint<K, S>>,
-    size: Arc<AtomicUsize>,
-) where
+impl<K, S, B> Balancer<K, S, B>
+where
+    K: EndpointKey,
+    S: Service<Request<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    /// The state of the endpoint `key`, or `None` if it is not known (never inserted, or
+    /// removed).
+    pub fn state(&self, key: &K) -> Option<EndpointState> {
+        self.core.state(key)
+    }
+
+    /// Every known endpoint with its state, in no particular order.
+    pub fn endpoints(&self) -> Vec<(K, EndpointState)> {
+        self.core.endpoints()
+    }
+
+    /// Requests in flight to the endpoint `key` now; with [`drain`](Self::drain), tells when
+    /// a draining endpoint has gone quiet.
+    pub fn in_flight(&self, key: &K) -> Option<usize> {
+        self.core.in_flight(key)
+    }
+
+    /// Moves the endpoint `key` to `state`; returns `false` if it is not known.
+    ///
+    /// * [`Serving`](EndpointState::Serving) ends a drain and an ejection (an active health
+    ///   check that finds the endpoint healthy again).
+    /// * [`Draining`](EndpointState::Draining): no new sessions; established ones keep
+    ///   reaching it until discovery removes it.
+    /// * [`Ejected`](EndpointState::Ejected): takes nothing for the ejection period (an
+    ///   active health check that finds it failing).
+    ///
+    /// Takes effect for the next request. A later discovery `Insert` of the same key
+    /// returns it to serving.
+    pub fn set_state(&self, key: &K, state: EndpointState) -> bool {
+        self.core.set_state(key, state)
+    }
+
+    /// Drains the endpoint `key`: the same as
+    /// [`set_state(key, EndpointState::Draining)`](Self::set_state).
+    pub fn drain(&self, key: &K) -> bool {
+        self.set_state(key, EndpointState::Draining)
+    }
+}
+
+/// Applies one group's discovery changes to the table. Runs as its own task, so that a
+/// removed endpoint leaves at once, not at the next balanced request; ends with the discovery
+/// stream or with the balancer.
+async fn follow<D, K, S, B>(mut discover: Pin<Box<D>>, core: Weak<Core<K, S, B>>, group: usize)
+where
     D: Discover<Key = K, Service = S>,
     D::Error: Into<BoxError>,
     K: EndpointKey,
-    S: Clone,
+    S: Service<Request<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
 {
-    let mut mine = std::collections::HashSet::new();
     while let Some(change) = poll_fn(|cx| discover.as_mut().poll_discover(cx)).await {
-        let change = match change {
-            Ok(change) => change,
+        let Some(core) = core.upgrade() else { return };
+        match change {
+            Ok(Change::Insert(key, service)) => core.insert(group, key, service),
+            Ok(Change::Remove(key)) => core.remove(group, &key),
             Err(error) => {
                 let error: BoxError = error.into();
-                tracing::warn!(%error, "endpoint discovery failed; keeping the endpoints known so far");
+                tracing::warn!(%error, group, "endpoint discovery failed; keeping the endpoints known so far");
                 return;
             }
-        };
-        let change = {
-            let mut registry = registry.write().unwrap_or_else(PoisonError::into_inner);
-            match change {
-                Change::Insert(key, service) => {
-                    tracing::debug!(endpoint = ?key, "endpoint added");
-                    let endpoint = Endpoint::new(key.clone(), service);
-                    registry.insert(key.clone(), endpoint.clone());
-                    mine.insert(key.clone());
-                    Change::Insert(key, endpoint)
-                }
-                Change::Remove(key) => {
-                    tracing::debug!(endpoint = ?key, "endpoint removed");
-                    registry.remove(&key);
-                    mine.remove(&key);
-                    Change::Remove(key)
-                }
-            }
-        };
-        size.store(mine.len(), Ordering::Relaxed);
-        if !balance.send(change) {
-            return;
         }
     }
 }
@@ -267,38 +384,44 @@ where
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = ResponseFuture<
-        Oneshot<Endpoint<K, S>, Request<B>>,
-        Oneshot<GroupBuffer<K, S, B>, Request<B>>,
-    >;
+    type Future = ResponseFuture<K, S, B>;
 
-    /// Always ready: each request waits in its own future, for its own endpoint (pinned) or
-    /// for room in its group's bounded queue (balanced), so that one busy endpoint never
-    /// holds up requests for the others.
+    /// Always ready: each request waits in its own future, for its own endpoint (pinned,
+    /// affinity) or for its group's bounded queue (balanced), so that one busy endpoint never
+    /// holds up requests for the others. Every wait is bounded by the fail-fast deadline.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(PinnedEndpoint(key)) = PinnedEndpoint::<K>::take(req.extensions_mut()) {
-            let endpoint =
-                self.registry.read().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
-            match endpoint {
-                Some(endpoint) => return ResponseFuture::pinned(endpoint.oneshot(req)),
-                None if self.on_unavailable == OnUnavailable::Reject => {
-                    tracing::debug!(endpoint = ?key, "pinned endpoint is gone; rejecting");
-                    return ResponseFuture::failed(PinnedUnavailable.into());
+        let core = &self.core;
+        let pin = PinnedEndpoint::<K>::take(req.extensions_mut());
+        let replay = core.settings.replay.as_ref().and_then(|r| r.replay(&req));
+        if let Some(PinnedEndpoint(key)) = pin {
+            match core.pinned(&key) {
+                Some(endpoint) => {
+                    return ResponseFuture::direct(
+                        core.clone(),
+                        endpoint,
+                        req,
+                        Mode::Pinned,
+                        replay,
+                    );
                 }
-                None => tracing::debug!(endpoint = ?key, "pinned endpoint is gone; rebalancing"),
+                None if core.settings.on_unavailable == OnUnavailable::Reject => {
+                    tracing::debug!(endpoint = ?key, "pinned endpoint gone or ejected; rejecting");
+                    return ResponseFuture::failed(core.clone(), PinnedUnavailable.into());
+                }
+                None => {
+                    tracing::debug!(endpoint = ?key, "pinned endpoint gone or ejected; rebalancing")
+                }
             }
         }
-        let weights = self
-            .groups
-            .iter()
-            .map(|group| if group.size.load(Ordering::Relaxed) > 0 { group.weight } else { 0 });
-        match self.picker.pick(weights) {
-            Some(i) => ResponseFuture::balanced(self.groups[i].balance.clone().oneshot(req)),
-            None => ResponseFuture::failed(NoEndpoints.into()),
+        if let Some(affinity) = &core.settings.affinity
+            && let Some(endpoint) = affinity.affinity_key(&req).and_then(|h| core.affinity(h))
+        {
+            return ResponseFuture::direct(core.clone(), endpoint, req, Mode::Affinity, replay);
         }
+        ResponseFuture::balanced(core.clone(), req, replay)
     }
 }

@@ -1,18 +1,140 @@
-//! One endpoint as the balancer holds it: tagged with its key and counting its load.
+//! One endpoint as the balancer holds it: tagged with its key, counting its load, and carrying
+//! the state that decides which requests it may take.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tower::BoxError;
 use tower::load::Load;
 use tower_service::Service;
 
+use super::state::EndpointState;
 use crate::ServedBy;
+
+const SERVING: u8 = 0;
+const DRAINING: u8 = 1;
+const REMOVED: u8 = 2;
+
+/// What every clone of one endpoint shares: its load and its state.
+///
+/// The flags are written only by the balancer's table (under its lock) and read lock-free on
+/// the hot path; a stale read costs at most one request routed by the previous state.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    in_flight: AtomicUsize,
+    /// Pinned or affinity requests waiting for this endpoint's readiness now.
+    waiting: AtomicUsize,
+    /// `SERVING`, `DRAINING` or `REMOVED`.
+    lifecycle: AtomicU8,
+    /// Passively ejected after a failure; cleared by the recovery timer.
+    ejected: AtomicBool,
+    /// A waiter timed out and the endpoint has not been seen ready since: new requests for it
+    /// do not queue (linkerd2-proxy's fail-fast state).
+    failfast: AtomicBool,
+    /// Counts ejections, so that a recovery timer ends only the ejection it was started for.
+    epoch: AtomicU64,
+}
+
+impl Health {
+    /// May take new sessions (p2c, affinity): serving and not ejected.
+    pub(crate) fn is_eligible(&self) -> bool {
+        self.lifecycle.load(Ordering::Acquire) == SERVING && !self.is_ejected()
+    }
+
+    /// May take requests of its established sessions: present (serving or draining) and not
+    /// ejected.
+    pub(crate) fn takes_pinned(&self) -> bool {
+        self.lifecycle.load(Ordering::Acquire) != REMOVED && !self.is_ejected()
+    }
+
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.lifecycle.load(Ordering::Acquire) == DRAINING
+    }
+
+    pub(crate) fn state(&self) -> EndpointState {
+        if self.is_ejected() {
+            EndpointState::Ejected
+        } else if self.is_draining() {
+            EndpointState::Draining
+        } else {
+            EndpointState::Serving
+        }
+    }
+
+    pub(crate) fn set_draining(&self, draining: bool) {
+        let value = if draining { DRAINING } else { SERVING };
+        self.lifecycle.store(value, Ordering::Release);
+    }
+
+    pub(crate) fn set_removed(&self) {
+        self.lifecycle.store(REMOVED, Ordering::Release);
+    }
+
+    /// Sets or clears the ejection; returns whether it changed.
+    pub(crate) fn set_ejected(&self, ejected: bool) -> bool {
+        self.ejected.swap(ejected, Ordering::AcqRel) != ejected
+    }
+
+    /// Starts a new ejection epoch; returns its number.
+    pub(crate) fn next_ejection(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The current ejection epoch.
+    pub(crate) fn ejection(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn in_fail_fast(&self) -> bool {
+        self.failfast.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_fail_fast(&self, on: bool) {
+        // Read first: the common case (already clear) then costs no cache-line write.
+        if self.failfast.load(Ordering::Relaxed) != on {
+            self.failfast.store(on, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes one of `limit` waiting places, or `None` when all are taken.
+    pub(crate) fn try_wait(self: &Arc<Self>, limit: usize) -> Option<WaitSlot> {
+        let mut now = self.waiting.load(Ordering::Relaxed);
+        loop {
+            if now >= limit {
+                return None;
+            }
+            match self.waiting.compare_exchange_weak(
+                now,
+                now + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(WaitSlot(self.clone())),
+                Err(actual) => now = actual,
+            }
+        }
+    }
+}
+
+/// One waiting place at an endpoint, given back on drop.
+#[derive(Debug)]
+pub(crate) struct WaitSlot(Arc<Health>);
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// An endpoint service tagged with its key.
 ///
@@ -22,13 +144,18 @@ use crate::ServedBy;
 pub struct Endpoint<K, S> {
     key: K,
     inner: S,
-    in_flight: Arc<AtomicUsize>,
+    health: Arc<Health>,
 }
 
 impl<K, S> Endpoint<K, S> {
     /// Tags `inner` with `key`, with a fresh load counter.
     pub fn new(key: K, inner: S) -> Self {
-        Self { key, inner, in_flight: Arc::new(AtomicUsize::new(0)) }
+        Self { key, inner, health: Arc::default() }
+    }
+
+    /// Tags `inner` with `key`, sharing `health` with an earlier service under the same key.
+    pub(crate) fn with_health(key: K, inner: S, health: Arc<Health>) -> Self {
+        Self { key, inner, health }
     }
 
     /// The endpoint's key.
@@ -38,13 +165,17 @@ impl<K, S> Endpoint<K, S> {
 
     /// Requests sent to this endpoint (through any clone) whose response has not come yet.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.health.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 }
 
 impl<K: Clone, S: Clone> Clone for Endpoint<K, S> {
     fn clone(&self) -> Self {
-        Self { key: self.key.clone(), inner: self.inner.clone(), in_flight: self.in_flight.clone() }
+        Self { key: self.key.clone(), inner: self.inner.clone(), health: self.health.clone() }
     }
 }
 
@@ -53,6 +184,7 @@ impl<K: fmt::Debug, S> fmt::Debug for Endpoint<K, S> {
         f.debug_struct("Endpoint")
             .field("key", &self.key)
             .field("in_flight", &self.in_flight())
+            .field("state", &self.health.state())
             .finish_non_exhaustive()
     }
 }
@@ -80,21 +212,21 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.health.in_flight.fetch_add(1, Ordering::Relaxed);
         EndpointFuture {
             inner: self.inner.call(req),
             key: Some(self.key.clone()),
-            _guard: InFlight(self.in_flight.clone()),
+            _guard: InFlight(self.health.clone()),
         }
     }
 }
 
 /// Counts a request as in flight until its future completes or is dropped.
-struct InFlight(Arc<AtomicUsize>);
+struct InFlight(Arc<Health>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -128,5 +260,118 @@ where
             ServedBy(key).insert(res.extensions_mut());
         }
         Poll::Ready(Ok(res))
+    }
+}
+
+/// An endpoint as its group's p2c balancer sees it: ready only while it may take new sessions.
+///
+/// When an endpoint is drained, ejected or removed, its copy in p2c fails its next readiness
+/// check, so p2c drops it at once, in the same poll that would have chosen it, without
+/// waiting for the discovery message that follows.
+pub(crate) struct Gated<K, S>(pub(crate) Endpoint<K, S>);
+
+impl<K: Clone, S: Clone> Clone for Gated<K, S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K, S> Load for Gated<K, S> {
+    type Metric = usize;
+
+    fn load(&self) -> usize {
+        self.0.in_flight()
+    }
+}
+
+/// The error with which an ineligible endpoint leaves p2c.
+#[derive(Debug)]
+struct Ineligible;
+
+impl fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("endpoint takes no new sessions")
+    }
+}
+
+impl std::error::Error for Ineligible {}
+
+impl<K, S, B, RB> Service<Request<B>> for Gated<K, S>
+where
+    K: Clone + fmt::Debug + Send + Sync + 'static,
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = GatedFuture<S::Future, K>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !self.0.health.is_eligible() {
+            return Poll::Ready(Err(Ineligible.into()));
+        }
+        // A readiness error drops this copy from p2c (tower logs it); pinned requests that
+        // meet the same error eject the endpoint.
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        GatedFuture {
+            inner: self.0.call(req),
+            target: Some((self.0.key.clone(), self.0.health.clone())),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Gated`]: an error says which endpoint it came from.
+    pub(crate) struct GatedFuture<F, K> {
+        #[pin]
+        inner: EndpointFuture<F, K>,
+        target: Option<(K, Arc<Health>)>,
+    }
+}
+
+impl<F, K, RB, E> Future for GatedFuture<F, K>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
+    K: Clone + fmt::Debug + Send + Sync + 'static,
+{
+    type Output = Result<Response<RB>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match ready!(this.inner.poll(cx)) {
+            Ok(res) => Poll::Ready(Ok(res)),
+            Err(error) => {
+                let error = error.into();
+                let Some((key, health)) = this.target.take() else {
+                    return Poll::Ready(Err(error));
+                };
+                Poll::Ready(Err(Box::new(FailedAt { key, health, error })))
+            }
+        }
+    }
+}
+
+/// An error of a balanced request, with the endpoint it came from, so that the balancer can
+/// eject that endpoint. Never leaves the balancer: its response future unwraps it.
+#[derive(Debug)]
+pub(crate) struct FailedAt<K> {
+    pub(crate) key: K,
+    pub(crate) health: Arc<Health>,
+    pub(crate) error: BoxError,
+}
+
+impl<K> fmt::Display for FailedAt<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<K: fmt::Debug> std::error::Error for FailedAt<K> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
     }
 }

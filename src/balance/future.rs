@@ -1,71 +1,357 @@
+//! The balancer's response future: waits for a chosen endpoint (bounded), falls back per
+//! policy, and fails over once after a connect failure.
+
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
+use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
 use tower::BoxError;
+use tower_service::Service;
 
-pin_project! {
-    /// Response future of [`Balancer`](super::Balancer).
-    #[project = Proj]
-    pub struct ResponseFuture<P, Q> {
-        #[pin]
-        kind: Kind<P, Q>,
-    }
+use super::core::{BalancedFuture, Core, Dispatched, Enqueued};
+use super::endpoint::{Endpoint, EndpointFuture, FailedAt, Health, WaitSlot};
+use crate::{EndpointKey, OnUnavailable, PinnedUnavailable};
+
+/// Why a request went to one endpoint rather than through p2c.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Its session names the endpoint: falls back per `OnUnavailable`.
+    Pinned,
+    /// Its affinity key maps to the endpoint: best effort, falls back to p2c.
+    Affinity,
+    /// Balanced by p2c.
+    Balanced,
 }
 
+/// A place in an endpoint's bounded queue and the fail-fast deadline.
+struct Wait {
+    _slot: WaitSlot,
+    expired: Pin<Box<Sleep>>,
+}
+
+type Waiting<T> = Pin<Box<dyn Future<Output = Result<oneshot::Receiver<T>, BoxError>> + Send>>;
+
 pin_project! {
-    #[project = KindProj]
-    enum Kind<P, Q> {
-        Pinned { #[pin] future: P },
-        Balanced { #[pin] future: Q },
+    #[project = StateProj]
+    enum State<K, S, F, G, B, T> {
+        /// Waiting for one endpoint's readiness, still owning the request.
+        Direct { endpoint: Endpoint<K, S>, req: Option<Request<B>>, wait: Option<Wait> },
+        /// Sent to that endpoint.
+        Calling { #[pin] future: EndpointFuture<F, K>, key: K, health: Arc<Health> },
+        /// Waiting for room in the group's queue.
+        Enqueued { waiting: Waiting<T> },
+        /// Waiting for the group's dispatcher.
+        Queued { answer: oneshot::Receiver<T> },
+        /// Sent by p2c.
+        Balanced { #[pin] future: G },
         Failed { error: Option<BoxError> },
     }
 }
 
-impl<P, Q> ResponseFuture<P, Q> {
-    pub(super) fn pinned(future: P) -> Self {
-        Self { kind: Kind::Pinned { future } }
-    }
-
-    pub(super) fn balanced(future: Q) -> Self {
-        Self { kind: Kind::Balanced { future } }
-    }
-
-    pub(super) fn failed(error: BoxError) -> Self {
-        Self { kind: Kind::Failed { error: Some(error) } }
-    }
-}
-
-impl<P, Q> fmt::Debug for ResponseFuture<P, Q> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.kind {
-            Kind::Pinned { .. } => "pinned",
-            Kind::Balanced { .. } => "balanced",
-            Kind::Failed { .. } => "failed",
-        };
-        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+pin_project! {
+    /// Response future of [`Balancer`](super::Balancer).
+    pub struct ResponseFuture<K, S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<
+            K,
+            S,
+            <S as Service<Request<B>>>::Future,
+            BalancedFuture<K, S, B>,
+            B,
+            Dispatched<K, S, B>,
+        >,
+        core: Arc<Core<K, S, B>>,
+        mode: Mode,
+        replay: Option<Request<B>>,
     }
 }
 
-impl<P, Q, T, E1, E2> Future for ResponseFuture<P, Q>
+type StateOf<K, S, B> = State<
+    K,
+    S,
+    <S as Service<Request<B>>>::Future,
+    BalancedFuture<K, S, B>,
+    B,
+    Dispatched<K, S, B>,
+>;
+
+impl<K, S, B> fmt::Debug for ResponseFuture<K, S, B>
 where
-    P: Future<Output = Result<T, E1>>,
-    Q: Future<Output = Result<T, E2>>,
-    E1: Into<BoxError>,
-    E2: Into<BoxError>,
+    S: Service<Request<B>>,
 {
-    type Output = Result<T, BoxError>;
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Direct { .. } => "waiting for its endpoint",
+            State::Calling { .. } => "sent to its endpoint",
+            State::Enqueued { .. } => "waiting for room in the queue",
+            State::Queued { .. } => "queued for p2c",
+            State::Balanced { .. } => "sent by p2c",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).field("mode", &self.mode).finish()
+    }
+}
+
+impl<K, S, B, RB> ResponseFuture<K, S, B>
+where
+    K: EndpointKey,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    /// A request for one endpoint (its pin or its affinity key).
+    pub(super) fn direct(
+        core: Arc<Core<K, S, B>>,
+        endpoint: Endpoint<K, S>,
+        req: Request<B>,
+        mode: Mode,
+        replay: Option<Request<B>>,
+    ) -> Self {
+        let state = State::Direct { endpoint, req: Some(req), wait: None };
+        Self { state, core, mode, replay }
+    }
+
+    /// A request for p2c.
+    pub(super) fn balanced(
+        core: Arc<Core<K, S, B>>,
+        req: Request<B>,
+        replay: Option<Request<B>>,
+    ) -> Self {
+        let state = balance(&core, req);
+        Self { state, core, mode: Mode::Balanced, replay }
+    }
+
+    /// A request that fails at once.
+    pub(super) fn failed(core: Arc<Core<K, S, B>>, error: BoxError) -> Self {
+        Self {
+            state: State::Failed { error: Some(error) },
+            core,
+            mode: Mode::Balanced,
+            replay: None,
+        }
+    }
+}
+
+/// The state of a request put on the balanced path.
+fn balance<K, S, B, RB>(core: &Core<K, S, B>, req: Request<B>) -> StateOf<K, S, B>
+where
+    K: EndpointKey,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    match core.enqueue(req) {
+        Enqueued::Queued(answer) => State::Queued { answer },
+        Enqueued::Waiting(waiting) => State::Enqueued { waiting },
+        Enqueued::Failed(error) => State::Failed { error: Some(error) },
+    }
+}
+
+/// The state of a request whose endpoint cannot take it (gone, ejected, busy past the
+/// deadline): per policy for a pinned request, p2c for the others.
+fn fall_back<K, S, B, RB>(
+    core: &Core<K, S, B>,
+    mode: Mode,
+    req: Option<Request<B>>,
+    key: &K,
+    why: &'static str,
+) -> StateOf<K, S, B>
+where
+    K: EndpointKey,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    let Some(req) = req else {
+        return State::Failed { error: Some("balancer future polled after completion".into()) };
+    };
+    if mode == Mode::Pinned && core.settings.on_unavailable == OnUnavailable::Reject {
+        tracing::debug!(endpoint = ?key, why, "pinned endpoint unavailable; rejecting");
+        return State::Failed { error: Some(PinnedUnavailable.into()) };
+    }
+    tracing::debug!(endpoint = ?key, why, ?mode, "endpoint unavailable; rebalancing");
+    balance(core, req)
+}
+
+/// After an error from endpoint `key`: if the classifier says the endpoint is failing, eject
+/// it and (policy permitting) replay the request once on the balanced path.
+fn fail_over<K, S, B, RB>(
+    core: &Arc<Core<K, S, B>>,
+    mode: &mut Mode,
+    replay: &mut Option<Request<B>>,
+    key: &K,
+    health: &Arc<Health>,
+    error: BoxError,
+) -> Result<StateOf<K, S, B>, BoxError>
+where
+    K: EndpointKey,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    if !(core.settings.classifier)(&error) {
+        return Err(error);
+    }
+    core.eject(key, health);
+    if *mode == Mode::Pinned && core.settings.on_unavailable == OnUnavailable::Reject {
+        tracing::debug!(endpoint = ?key, %error, "pinned endpoint failing; rejecting");
+        return Err(PinnedUnavailable.into());
+    }
+    match replay.take() {
+        Some(req) => {
+            tracing::debug!(endpoint = ?key, %error, "endpoint failing; replaying on the balanced path");
+            *mode = Mode::Balanced;
+            Ok(balance(core, req))
+        }
+        None => Err(error),
+    }
+}
+
+impl<K, S, B, RB> Future for ResponseFuture<K, S, B>
+where
+    K: EndpointKey,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Output = Result<Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Proj { kind } = self.project();
-        match kind.project() {
-            KindProj::Pinned { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Balanced { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Failed { error } => {
-                Poll::Ready(Err(error.take().expect("polled after completion")))
-            }
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Direct { endpoint, req, wait } => {
+                    let health = endpoint.health().clone();
+                    if !health.takes_pinned() {
+                        fall_back(this.core, *this.mode, req.take(), endpoint.key(), "left")
+                    } else {
+                        match endpoint.poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {
+                                health.set_fail_fast(false);
+                                *wait = None;
+                                match req.take() {
+                                    Some(req) => State::Calling {
+                                        future: endpoint.call(req),
+                                        key: endpoint.key().clone(),
+                                        health,
+                                    },
+                                    None => State::Failed {
+                                        error: Some(
+                                            "balancer future polled after completion".into(),
+                                        ),
+                                    },
+                                }
+                            }
+                            Poll::Ready(Err(error)) => {
+                                // Nothing was sent: the endpoint itself is failing.
+                                let error: BoxError = error.into();
+                                tracing::debug!(endpoint = ?endpoint.key(), %error, "endpoint failed its readiness check");
+                                this.core.eject(endpoint.key(), &health);
+                                fall_back(
+                                    this.core,
+                                    *this.mode,
+                                    req.take(),
+                                    endpoint.key(),
+                                    "failed",
+                                )
+                            }
+                            Poll::Pending => {
+                                let settings = &this.core.settings;
+                                let mut why = None;
+                                if wait.is_none() {
+                                    if health.in_fail_fast() {
+                                        why = Some("busy (fail-fast)");
+                                    } else if let Some(slot) =
+                                        health.try_wait(settings.endpoint_queue)
+                                    {
+                                        let expired =
+                                            Box::pin(tokio::time::sleep(settings.failfast));
+                                        *wait = Some(Wait { _slot: slot, expired });
+                                    } else {
+                                        why = Some("busy (queue full)");
+                                    }
+                                }
+                                if let Some(w) = wait.as_mut()
+                                    && w.expired.as_mut().poll(cx).is_ready()
+                                {
+                                    health.set_fail_fast(true);
+                                    why = Some("busy past the deadline");
+                                }
+                                match why {
+                                    Some(why) => {
+                                        *wait = None;
+                                        fall_back(
+                                            this.core,
+                                            *this.mode,
+                                            req.take(),
+                                            endpoint.key(),
+                                            why,
+                                        )
+                                    }
+                                    None => return Poll::Pending,
+                                }
+                            }
+                        }
+                    }
+                }
+                StateProj::Calling { future, key, health } => match ready!(future.poll(cx)) {
+                    Ok(res) => return Poll::Ready(Ok(res)),
+                    Err(error) => {
+                        match fail_over(
+                            this.core,
+                            this.mode,
+                            this.replay,
+                            key,
+                            health,
+                            error.into(),
+                        ) {
+                            Ok(next) => next,
+                            Err(error) => return Poll::Ready(Err(error)),
+                        }
+                    }
+                },
+                StateProj::Enqueued { waiting } => match ready!(waiting.as_mut().poll(cx)) {
+                    Ok(answer) => State::Queued { answer },
+                    Err(error) => return Poll::Ready(Err(error)),
+                },
+                StateProj::Queued { answer } => match ready!(Pin::new(answer).poll(cx)) {
+                    Ok(Ok(future)) => State::Balanced { future },
+                    Ok(Err(error)) => return Poll::Ready(Err(error)),
+                    Err(_) => return Poll::Ready(Err("the balancer's dispatcher stopped".into())),
+                },
+                StateProj::Balanced { future } => match ready!(future.poll(cx)) {
+                    Ok(res) => return Poll::Ready(Ok(res)),
+                    Err(error) => match error.downcast::<FailedAt<K>>() {
+                        Ok(failed) => {
+                            let FailedAt { key, health, error } = *failed;
+                            match fail_over(this.core, this.mode, this.replay, &key, &health, error)
+                            {
+                                Ok(next) => next,
+                                Err(error) => return Poll::Ready(Err(error)),
+                            }
+                        }
+                        Err(error) => return Poll::Ready(Err(error)),
+                    },
+                },
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| "balancer future polled after completion".into());
+                    return Poll::Ready(Err(error));
+                }
+            };
+            this.state.set(next);
         }
     }
 }

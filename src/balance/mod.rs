@@ -3,13 +3,20 @@
 //! [`Balancer`] wraps one tower [`Discover`](tower::discover::Discover) per weighted group of
 //! endpoints (a Gateway API `backendRef`). A request carrying a [`PinnedEndpoint`] goes to
 //! exactly that endpoint, whatever its group's weight, and waits for *that* endpoint's
-//! readiness only. Every other request picks a group by weight and is balanced within it by
-//! tower's power-of-two-choices [`Balance`](tower::balance::p2c::Balance). Both paths count
-//! in-flight requests on the same [`Endpoint`], so p2c sees the load that pinned traffic
-//! brings. Every response carries [`ServedBy`] with the endpoint's key.
+//! readiness only, in a bounded queue with a fail-fast deadline. Every other request goes to
+//! the endpoint its [affinity](affinity) key hashes to, if affinity is configured, or picks a
+//! group by weight and is balanced within it by tower's power-of-two-choices
+//! [`Balance`](tower::balance::p2c::Balance). All paths count in-flight requests on the same
+//! [`Endpoint`], so p2c sees the load that pinned traffic brings. Every response carries
+//! [`ServedBy`] with the endpoint's key.
 //!
-//! When the pinned endpoint is gone, [`OnUnavailable`] decides: balance the request (the layer
-//! then re-pins the session) or fail it with [`PinnedUnavailable`].
+//! Endpoints have [states](EndpointState): *serving*; *draining* (no new sessions, its
+//! sessions still reach it until it is removed); *ejected* for a while after a connect
+//! failure; removed. The balancer never moves a session whose endpoint can take it. When the
+//! pinned endpoint cannot (removed, ejected, or busy past the deadline), [`OnUnavailable`]
+//! decides: balance the request (the layer then re-pins the session) or fail it with
+//! [`PinnedUnavailable`]. A request whose endpoint fails to connect can be replayed once on
+//! the balanced path ([`BalancerBuilder::replay_empty_bodies`]), so its client sees no error.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -44,13 +51,20 @@
 //! [`OnUnavailable`]: crate::OnUnavailable
 //! [`PinnedUnavailable`]: crate::PinnedUnavailable
 
+pub mod affinity;
 mod balancer;
+mod core;
 mod discover;
 mod endpoint;
+mod failure;
 mod future;
+mod state;
 mod weights;
 
-pub use self::balancer::{Balancer, BalancerBuilder, NoEndpoints};
+pub use self::balancer::{Balancer, BalancerBuilder};
+pub use self::core::NoEndpoints;
 pub use self::discover::{DiscoverReceiver, DiscoverSender, discover_channel};
 pub use self::endpoint::{Endpoint, EndpointFuture};
+pub use self::failure::{NoReplay, NotSent, Replay, ReplayEmptyBodies, is_connect_failure};
 pub use self::future::ResponseFuture;
+pub use self::state::EndpointState;

@@ -98,6 +98,15 @@
 //!             maxClockSkew: 60s       # how far in the future a token may be dated
 //!             refreshInterval: 15m    # how often a token is re-issued (default: a quarter
 //!                                     # of the v1.1-v1.5 idleTimeout, else never)
+//!           x-balancer:               # optional extension block, every field optional
+//!             failfast: 1s            # how long a request waits for its endpoint to be ready
+//!             endpointQueue: 128      # how many requests may wait for one endpoint
+//!             ejectFor: 10s           # how long an endpoint that refused a connection is
+//!                                     # left out (its sessions fail over); 0s: never
+//!             replay: false           # send a bodiless request whose endpoint refused the
+//!                                     # connection once more, elsewhere (re-pinning it)
+//!             affinity: {header: x-user}  # or {cookie: NAME} or {clientIP: true}: requests
+//!                                     # without a session go where a hash of it points
 //! ```
 //!
 //! Options that do not apply are errors (cookie options on a header session, `preserve` with
@@ -115,12 +124,15 @@
 //! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`). No match:
 //! `404`. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
 //! `X-Forwarded-Proto: http` and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
-//! bodies stream. Errors: session endpoint gone with `onUnavailable: reject` → `503`; no
-//! endpoint → `503`; timeout → `504`; connection refused or reset → `502`. Endpoints are keyed
-//! `<service>/<address>` in session tokens (signed and encrypted: they never show it).
+//! bodies stream. Errors: the session's endpoint unavailable under `onUnavailable: reject` →
+//! `503`; no endpoint → `503`; timeout → `504`; connection refused or reset → `502`. Endpoints
+//! are keyed `<service>/<address>` in session tokens (signed and encrypted: they never show
+//! it). Rules without `sessionPersistence` may still use `x-balancer`.
 
 // The crate root of an example looks for modules next to it (`examples/cli.rs`); these live in
 // `examples/gateway/`, which cargo does not mistake for another example.
+#[path = "gateway/balancing.rs"]
+mod balancing;
 #[path = "gateway/cli.rs"]
 mod cli;
 #[path = "gateway/config.rs"]

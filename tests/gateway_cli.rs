@@ -213,20 +213,42 @@ impl Drop for Backend {
     }
 }
 
+impl Backend {
+    /// Stops the backend for good: its listener and every connection are closed when this
+    /// returns, so the next connection attempt is refused.
+    async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+}
+
 async fn backend(name: &'static str) -> Backend {
+    serve_backend(name, true).await
+}
+
+/// A backend that closes each connection after one response, so that the gateway never holds
+/// an idle connection to it: once it is stopped, the gateway's next attempt is refused.
+async fn closing_backend(name: &'static str) -> Backend {
+    serve_backend(name, false).await
+}
+
+async fn serve_backend(name: &'static str, keep_alive: bool) -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
+        // Owned by this task: aborting it closes every connection too.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
                 Ok::<_, Infallible>(answer(name, &req))
             });
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+            connections.spawn(async move {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http1().keep_alive(keep_alive);
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
             });
+            while connections.try_join_next().is_some() {}
         }
     });
     Backend { addr, task }
@@ -595,6 +617,83 @@ routes:
     assert_eq!(header(&res, "x-seen-cookie"), "backend-own=v1");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_of_a_stopped_backend_fail_over_or_get_503_and_affinity_holds() {
+    let (x, y) = (closing_backend("x").await, closing_backend("y").await);
+    let config = format!(
+        "services:
+  - {{name: pair, endpoints: [\"{}\", \"{}\"]}}
+routes:
+{}",
+        x.addr,
+        y.addr,
+        route(
+            "failover",
+            "",
+            "        - matches: [{path: {value: /rebalance}}]
+          backendRefs: [{name: pair}]
+          sessionPersistence: {cookie: {name: s1}}
+          x-balancer: {replay: true}
+        - matches: [{path: {value: /reject}}]
+          backendRefs: [{name: pair}]
+          sessionPersistence: {cookie: {name: s2}}
+          x-session-persistence: {onUnavailable: reject}
+        - matches: [{path: {value: /affinity}}]
+          backendRefs: [{name: pair}]
+          x-balancer: {affinity: {header: x-user}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let url = |path: &str| format!("{}{path}", gw.url);
+
+    // Affinity (no sessions on this rule): one user, one backend; users spread.
+    let fresh = fresh_client();
+    let mut users: HashMap<String, String> = HashMap::new();
+    for round in 0..3 {
+        for user in 0..20 {
+            let res = fresh.get(url("/affinity")).header("x-user", format!("user-{user}"));
+            let served = served_by(&res.send().await.unwrap());
+            let first = users.entry(format!("user-{user}")).or_insert_with(|| served.clone());
+            assert_eq!(*first, served, "round {round}, user-{user}");
+        }
+    }
+    let on_x = users.values().filter(|b| *b == "x").count();
+    assert!((1..20).contains(&on_x), "users spread over both backends: {users:?}");
+
+    // One client pinned on each rule, both to the same backend.
+    let rebalancing = jar_client();
+    let victim = served_by(&get(&rebalancing, &url("/rebalance")).await);
+    let mut rejecting = None;
+    for _ in 0..64 {
+        let jar = jar_client();
+        if served_by(&get(&jar, &url("/reject")).await) == victim {
+            rejecting = Some(jar);
+            break;
+        }
+    }
+    let rejecting = rejecting.expect("a session on the same backend");
+
+    let (stopped, survivor) = if victim == "x" { (x, y) } else { (y, x) };
+    stopped.stop().await;
+
+    // Rebalance + replay: the client sees no error, and its session moves to the survivor.
+    let res = get(&rebalancing, &url("/rebalance")).await;
+    assert_eq!(res.status(), 200);
+    let moved = served_by(&res);
+    assert_ne!(moved, victim);
+    assert!(set_cookies(&res).iter().any(|c| c.starts_with("s1=")), "re-pinned");
+    for _ in 0..5 {
+        assert_eq!(served_by(&get(&rebalancing, &url("/rebalance")).await), moved);
+    }
+
+    // Reject: the session's endpoint is gone, 503.
+    let res = get(&rejecting, &url("/reject")).await;
+    assert_eq!(res.status(), 503);
+    assert!(set_cookies(&res).is_empty());
+    drop(survivor);
+}
+
 #[test]
 fn config_errors_exit_1_and_name_the_yaml_path() {
     const SERVICES: &str = "services:\n  - {name: echo, endpoints: [\"127.0.0.1:9\"]}\n";
@@ -632,7 +731,8 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
         ),
         (
             rule(
-                "{matches: [{path: {type: RegularExpression, value: /a}}], backendRefs: [{name: echo}]}",
+                "{matches: [{path: {type: RegularExpression, value: /a}}], \
+                 backendRefs: [{name: echo}]}",
             ),
             "routes[0].spec.rules[0].matches[0].path.type: ",
             "",
@@ -644,7 +744,8 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
         ),
         (
             rule(
-                "{backendRefs: [{name: echo}], sessionPersistence: {cookie: {lifetimeType: Permanent}}}",
+                "{backendRefs: [{name: echo}], \
+                 sessionPersistence: {cookie: {lifetimeType: Permanent}}}",
             ),
             "routes[0].spec.rules[0].sessionPersistence.absoluteTimeout: ",
             "Permanent",

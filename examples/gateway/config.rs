@@ -17,6 +17,7 @@ use tower_session_persistence::OnUnavailable;
 use tower_session_persistence::policy::{PolicyError, SessionPersistenceConfig, parse_duration};
 use tower_session_persistence::token::SignedCodec;
 
+use crate::balancing::{self, Balancing};
 use crate::persistence::{self, Extension, Persistence};
 use crate::routing::{Hostname, PathMatch};
 
@@ -89,6 +90,8 @@ struct RuleConfig {
     session_persistence: Option<SessionPersistenceConfig>,
     #[serde(rename = "x-session-persistence")]
     extension: Option<Extension>,
+    #[serde(rename = "x-balancer")]
+    balancer: Option<balancing::Extension>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,6 +151,8 @@ pub(crate) struct RulePlan {
     pub(crate) persistence: Option<Persistence>,
     /// What to do when a session's endpoint is gone.
     pub(crate) on_unavailable: OnUnavailable,
+    /// The `x-balancer` options.
+    pub(crate) balancing: Balancing,
 }
 
 /// One `backendRef`, resolved.
@@ -220,18 +225,10 @@ pub(crate) fn parse(text: &str) -> Result<Plan, ConfigError> {
 fn check(file: File) -> Result<Plan, ConfigError> {
     let listen = parse_listen(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))
         .map_err(|message| ConfigError::new("listen", message))?;
-    let timeout = match file.timeout.as_deref() {
+    let timeout = match duration(file.timeout.as_deref(), "timeout")? {
         None => Some(DEFAULT_TIMEOUT),
-        Some(text) => match parse_duration(text) {
-            Some(d) if d.is_zero() => None,
-            Some(d) => Some(d),
-            None => {
-                return Err(ConfigError::new(
-                    "timeout",
-                    format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 30s or 1m30s"),
-                ));
-            }
-        },
+        Some(limit) if limit.is_zero() => None,
+        Some(limit) => Some(limit),
     };
     let (codec, ephemeral_key) = match &file.keys {
         Some(keys) => (codec(keys)?, false),
@@ -245,6 +242,19 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
     }
     Ok(Plan { listen, codec, ephemeral_key, timeout, rules })
+}
+
+/// Parses an optional GEP-2257 duration found at `at`.
+pub(crate) fn duration(text: Option<&str>, at: &str) -> Result<Option<Duration>, ConfigError> {
+    text.map(|text| {
+        parse_duration(text).ok_or_else(|| {
+            ConfigError::new(
+                at,
+                format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 30s or 1m30s"),
+            )
+        })
+    })
+    .transpose()
 }
 
 /// Parses an `IP:port` listen address; shared with `--listen`.
@@ -463,7 +473,8 @@ fn check_rule(
         (None, None) => None,
     };
     let on_unavailable = persistence::on_unavailable(extension);
-    Ok(RulePlan { scope, hostnames, matches, backends, persistence, on_unavailable })
+    let balancing = balancing::check(rule.balancer.as_ref(), at)?;
+    Ok(RulePlan { scope, hostnames, matches, backends, persistence, on_unavailable, balancing })
 }
 
 #[cfg(test)]

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use tower_session_persistence::policy::{
-    Carrier, PolicyBuilder, SameSite, SessionPersistenceConfig, SessionPolicy, parse_duration,
+    Carrier, PolicyBuilder, SameSite, SessionPersistenceConfig, SessionPolicy,
 };
 use tower_session_persistence::strategy::{Insert, Passive, Prefix, Rewrite};
 use tower_session_persistence::token::SignedCodec;
 use tower_session_persistence::{OnUnavailable, SessionPersistenceLayer};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, duration};
 
 /// The `x-session-persistence` extension block; every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -250,18 +250,6 @@ fn strategy(
         StrategyName::Prefix => StrategyPlan::Prefix,
         StrategyName::Passive => StrategyPlan::Passive,
     }))
-}
-
-fn duration(text: Option<&str>, at: &str) -> Result<Option<Duration>, ConfigError> {
-    text.map(|text| {
-        parse_duration(text).ok_or_else(|| {
-            ConfigError::new(
-                at,
-                format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 30s or 1m30s"),
-            )
-        })
-    })
-    .transpose()
 }
 
 /// A builder holding everything `policy` says, so that more can be set on top.

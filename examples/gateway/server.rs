@@ -80,7 +80,9 @@ pub(crate) async fn serve(
     tracing::info!("shutting down: finishing open requests");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(DRAIN) => tracing::warn!("some connections did not finish within {DRAIN:?}"),
+        () = tokio::time::sleep(DRAIN) => {
+            tracing::warn!("some connections did not finish within {DRAIN:?}");
+        }
     }
 }
 

@@ -16,9 +16,7 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode, header};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_session_persistence::balance::{
-    Balancer, BalancerBuilder, DiscoverSender, discover_channel,
-};
+use tower_session_persistence::balance::{Balancer, DiscoverSender, discover_channel};
 
 use crate::config::{Plan, RulePlan};
 use crate::failure;
@@ -98,7 +96,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         };
     }
 
-    let mut builder = BalancerBuilder::new().on_unavailable(rule.on_unavailable);
+    let mut groups = Vec::with_capacity(rule.backends.len());
     let mut endpoints = Vec::with_capacity(rule.backends.len());
     let mut expected = 0;
     for backend in &rule.backends {
@@ -109,18 +107,19 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
             expected += 1;
         }
         endpoints.push(sender);
-        builder = builder.group(backend.weight, discover);
+        groups.push((backend.weight, discover));
     }
-    let balancer: Balancer<Key, Upstream, Body> = builder.build();
+    let balancer = rule.balancing.build(groups, rule.on_unavailable);
 
     let service = match &rule.persistence {
         Some(persistence) => {
-            tracing::info!(rule = %scope, session = persistence.policy().name(), endpoints = expected, "rule ready");
+            let session = persistence.policy().name();
+            tracing::info!(rule = %scope, session, endpoints = expected, "rule ready");
             let layer = persistence.layer::<Key>(plan.codec.clone(), &scope);
             answering(&scope, layer.layer(balancer.clone()))
         }
         None => {
-            tracing::info!(rule = %scope, endpoints = expected, "rule ready, no session persistence");
+            tracing::info!(rule = %scope, endpoints = expected, "rule ready, no persistence");
             answering(&scope, balancer.clone())
         }
     };

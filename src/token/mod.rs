@@ -9,9 +9,11 @@
 //! keeps nothing per session.
 
 mod plain;
+mod sealed;
 mod signed;
 
 pub use self::plain::{Dates, PlainCodec};
+pub use self::sealed::SealedCodec;
 pub use self::signed::{MIN_KEY_LEN, SignedCodec};
 
 /// What a token says about a session.

@@ -28,9 +28,9 @@ pub const MIN_KEY_LEN: usize = 32;
 /// A token is `base64url(version ‖ issued ‖ refreshed ‖ tag ‖ ciphertext)`. It is sealed with
 /// AES-SIV (RFC 5297, the `aes-siv` crate): the tag is a keyed MAC (CMAC) over the version, the
 /// times, the session name and scope, and the endpoint's key; the key itself is encrypted, so a
-/// token never shows an address. AES-SIV is deterministic: two sessions on the same endpoint
-/// issued in the same second carry the same token (the `sealed` codec of a later release hides
-/// even that).
+/// token never shows an address. The times are authenticated but readable, and AES-SIV is
+/// deterministic: two sessions on the same endpoint issued in the same second carry the same
+/// token. [`SealedCodec`](super::SealedCodec) hides all of that.
 ///
 /// Key rotation: the first key signs, every key verifies. Each key is at least 32 bytes and is
 /// stretched with HKDF-SHA256.
@@ -119,7 +119,8 @@ impl Codec for SignedCodec {
         let mut bytes = Vec::with_capacity(HEADER_LEN + sealed.len());
         bytes.extend_from_slice(&header);
         bytes.extend_from_slice(&sealed);
-        Some(URL_SAFE_NO_PAD.encode(bytes))
+        // Never write a token that `decode` would refuse for its length.
+        Some(URL_SAFE_NO_PAD.encode(bytes)).filter(|token| token.len() <= MAX_TOKEN_LEN)
     }
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
@@ -167,6 +168,11 @@ mod tests {
         assert_eq!(codec.decode(&codec.encode(&short, B).unwrap(), B), Some(short));
         let empty = Claims { endpoint: Vec::new(), ..claims() };
         assert_eq!(codec.decode(&codec.encode(&empty, B).unwrap(), B), Some(empty));
+        // The longest endpoint that fits the length limit round-trips; longer ones are not
+        // written at all (they used to be, and were then refused by `decode`).
+        let longest = Claims { endpoint: vec![b'x'; 743], ..claims() };
+        assert_eq!(codec.decode(&codec.encode(&longest, B).unwrap(), B), Some(longest));
+        assert_eq!(codec.encode(&Claims { endpoint: vec![b'x'; 744], ..claims() }, B), None);
     }
 
     #[test]

@@ -81,7 +81,9 @@ impl Settings {
         }
         // A token without a date (a plain HAProxy value) cannot have outlived anything.
         let outlived = |since: Option<u64>, timeout: Option<Duration>| match (since, timeout) {
-            (Some(since), Some(t)) => now.saturating_sub(since) >= t.as_secs(),
+            // Compared as durations: a sub-second timeout (`500ms`) ends a session after one
+            // whole second, not at once.
+            (Some(since), Some(t)) => Duration::from_secs(now.saturating_sub(since)) >= t,
             _ => false,
         };
         if outlived(issued, self.policy.absolute_timeout())
@@ -130,7 +132,9 @@ impl Settings {
         if attributes.lifetime != Lifetime::Permanent {
             return None;
         }
-        let absolute = self.policy.absolute_timeout()?.as_secs();
+        let absolute = self.policy.absolute_timeout()?;
+        // Rounded up: a sub-second lifetime must not become `Max-Age=0`, a deletion.
+        let absolute = absolute.as_secs() + u64::from(absolute.subsec_nanos() > 0);
         Some(Duration::from_secs(issued.saturating_add(absolute).saturating_sub(now)))
     }
 }

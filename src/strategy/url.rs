@@ -50,6 +50,8 @@ impl Url {
 }
 
 fn with_target(uri: &Uri, target: &str) -> Option<Uri> {
+    // `http://host?session=T` stripped leaves nothing; an empty path is `/` (RFC 9112 §3.2.2).
+    let target = if target.is_empty() { "/" } else { target };
     let mut parts = uri.clone().into_parts();
     parts.path_and_query = Some(PathAndQuery::try_from(target).ok()?);
     Uri::from_parts(parts).ok()

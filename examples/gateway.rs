@@ -124,7 +124,8 @@
 //! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`). No match:
 //! `404`. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
 //! `X-Forwarded-Proto: http` and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
-//! bodies stream. Errors: the session's endpoint unavailable under `onUnavailable: reject` →
+//! bodies stream; HTTP/1.1 upgrades (WebSocket) are pinned like any request and tunnelled
+//! after the backend's `101`. Errors: the session's endpoint unavailable under `onUnavailable: reject` →
 //! `503`; no endpoint → `503`; timeout → `504`; connection refused or reset → `502`. Endpoints
 //! are keyed `<service>/<address>` in session tokens (signed and encrypted: they never show
 //! it). Rules without `sessionPersistence` may still use `x-balancer`.
@@ -151,6 +152,8 @@ mod routing;
 mod server;
 #[path = "gateway/stack.rs"]
 mod stack;
+#[path = "gateway/upgrade.rs"]
+mod upgrade;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;

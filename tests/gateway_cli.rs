@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -241,12 +241,12 @@ async fn serve_backend(name: &'static str, keep_alive: bool) -> Backend {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(answer(name, &req))
+                Ok::<_, Infallible>(answer(name, req))
             });
             connections.spawn(async move {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().keep_alive(keep_alive);
-                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
             });
             while connections.try_join_next().is_some() {}
         }
@@ -254,7 +254,29 @@ async fn serve_backend(name: &'static str, keep_alive: bool) -> Backend {
     Backend { addr, task }
 }
 
-fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(name: &'static str, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.headers().get("upgrade").is_some_and(|p| p == "echo") {
+        // Switch to a protocol that echoes every byte back.
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .header("x-backend", name)
+            .header(
+                "x-seen-cookie",
+                req.headers().get("cookie").cloned().unwrap_or(HeaderValue::from_static("")),
+            )
+            .body(Full::default())
+            .unwrap();
+    }
+    let req = &req;
     let seen = |header: &str| {
         req.headers()
             .get_all(header)
@@ -692,6 +714,74 @@ routes:
     assert_eq!(res.status(), 503);
     assert!(set_cookies(&res).is_empty());
     drop(survivor);
+}
+
+/// Sends an HTTP/1.1 upgrade request for the `echo` protocol on a raw connection; returns the
+/// response head and the connection.
+async fn upgrade(gateway_url: &str, cookie: Option<&str>) -> (String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = gateway_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    let head = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n{cookie}\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    while !received.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = stream.read(&mut byte).await.unwrap();
+        assert_eq!(n, 1, "the gateway closed the connection: {received:?}");
+        received.push(byte[0]);
+    }
+    (String::from_utf8(received).unwrap(), stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_pinned_and_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (x, y) = (backend("x").await, backend("y").await);
+    let config = format!(
+        "services:
+  - {{name: pair, endpoints: [\"{}\", \"{}\"]}}
+routes:
+{}",
+        x.addr,
+        y.addr,
+        route(
+            "ws",
+            "",
+            "        - backendRefs: [{name: pair}]
+          sessionPersistence: {cookie: {name: ws}}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let lines = |head: &str, name: &str| -> Vec<String> {
+        head.lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_owned())
+            .collect()
+    };
+
+    let (head, _) = upgrade(&gw.url, None).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let pinned = lines(&head, "x-backend").pop().unwrap();
+    let session = lines(&head, "set-cookie").pop().expect("the 101 carries the session");
+    let pair = session.split(';').next().unwrap().to_owned();
+
+    for _ in 0..5 {
+        let (head, mut stream) = upgrade(&gw.url, Some(&format!("{pair}; app=1"))).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert_eq!(lines(&head, "x-backend").concat(), pinned, "{head}");
+        assert_eq!(lines(&head, "x-seen-cookie"), ["app=1"], "{head}");
+        assert_eq!(lines(&head, "upgrade"), ["echo"], "{head}");
+        stream.write_all(b"ping through the tunnel").await.unwrap();
+        let mut echoed = [0u8; 23];
+        stream.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping through the tunnel");
+    }
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //!
 //! This is what the balancer holds for each endpoint. It rewrites the URI to the endpoint,
 //! keeps the client's `Host`, removes hop-by-hop headers both ways, adds the `X-Forwarded-*`
-//! headers, and bounds the wait for the response head. Bodies are streamed, never collected.
+//! headers, and bounds the wait for the response head. Bodies are streamed, never collected;
+//! protocol upgrades are handed to the [`upgrade`] module.
 
 use std::fmt;
 use std::future::Future;
@@ -15,11 +16,13 @@ use std::time::Duration;
 use axum::body::Body;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, Service};
+
+use crate::upgrade;
 
 /// The shared HTTP/1.1 client every endpoint sends with.
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
@@ -86,22 +89,43 @@ impl Service<Request<Body>> for Upstream {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // An upgrade: the client's side of it, taken before the request goes on.
+        let upgrade = upgrade::requested(&req).map(|protocol| {
+            let client_side = hyper::upgrade::on(&mut req);
+            (protocol, client_side)
+        });
         let req = match prepare(req, &self.authority) {
-            Ok(req) => req,
+            Ok(mut req) => {
+                if let Some((protocol, _)) = &upgrade {
+                    upgrade::restore(req.headers_mut(), protocol.clone());
+                }
+                req
+            }
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
         let sent = self.client.request(req);
         let timeout = self.timeout;
         Box::pin(async move {
-            let res = match timeout {
+            let mut res = match timeout {
                 Some(limit) => {
                     tokio::time::timeout(limit, sent).await.map_err(|_| UpstreamTimeout)?
                 }
                 None => sent.await,
             }?;
+            let switched = match upgrade {
+                Some((asked, client_side)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let protocol = res.headers().get(header::UPGRADE).cloned().unwrap_or(asked);
+                    tokio::spawn(upgrade::tunnel(client_side, hyper::upgrade::on(&mut res)));
+                    Some(protocol)
+                }
+                _ => None,
+            };
             let mut res = res.map(Body::new);
             strip_hop_by_hop(res.headers_mut());
+            if let Some(protocol) = switched {
+                upgrade::restore(res.headers_mut(), protocol);
+            }
             Ok(res)
         })
     }

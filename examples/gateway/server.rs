@@ -1,5 +1,5 @@
-//! The listener: accepts connections, speaks HTTP/1.1 and h2c on each, tells the gateway who
-//! the client is, and shuts down gracefully.
+//! The listener: accepts connections, speaks HTTP/1.1 (with upgrades) and h2c on each, tells
+//! the gateway who the client is, and shuts down gracefully.
 //!
 //! Requests are traced by tower-http at `debug` level, with `Cookie` and `Set-Cookie` marked
 //! sensitive so that no session token reaches a log.
@@ -67,8 +67,10 @@ pub(crate) async fn serve(
                 req
             })
             .service(gateway.clone());
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service),
+        );
         let connection = graceful.watch(connection.into_owned());
         tokio::spawn(async move {
             if let Err(error) = connection.await {

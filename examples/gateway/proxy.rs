@@ -133,7 +133,7 @@ impl Service<Request<Body>> for Upstream {
 
 /// Turns the client's request into the upstream request.
 fn prepare(mut req: Request<Body>, authority: &Authority) -> Result<Request<Body>, BoxError> {
-    let client_ip = req.extensions().get::<ClientAddr>().map(|addr| addr.0.ip());
+    let client_ip = req.extensions().get::<ClientAddr>().map(|addr| addr.0.ip().to_canonical());
     // HTTP/2 clients send no `Host`: the authority travels in the URI.
     let host = match req.headers().get(header::HOST) {
         Some(host) => Some(host.clone()),

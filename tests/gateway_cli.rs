@@ -170,8 +170,16 @@ fn run_gateway(args: &[&str]) -> (ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the gateway starts");
-    let stdout = drain(child.stdout.take().expect("piped"));
-    let stderr = drain(child.stderr.take().expect("piped"));
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().expect("piped")));
+    let stderr = read_all(Box::new(child.stderr.take().expect("piped")));
+    // Polled, with a bound: std has no wait with a timeout.
     let deadline = Instant::now() + PATIENCE;
     let status = loop {
         if let Some(status) = child.try_wait().expect("the child can be waited for") {
@@ -180,21 +188,12 @@ fn run_gateway(args: &[&str]) -> (ExitStatus, String, String) {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("gateway {args:?} did not exit; stderr:\n{}", stderr.lock().unwrap());
+            panic!("gateway {args:?} did not exit within {PATIENCE:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // The pipes close with the process; give the drain threads a moment to finish.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Arc::strong_count(&stdout) > 1 || Arc::strong_count(&stderr) > 1 {
-        if Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let out = stdout.lock().unwrap().clone();
-    let err = stderr.lock().unwrap().clone();
-    (status, out, err)
+    // The pipes close with the process, which ends the readers.
+    (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
 
 // ----- Backends. -----

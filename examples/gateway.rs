@@ -109,9 +109,9 @@
 //!                                     # without a session go where a hash of it points
 //! ```
 //!
-//! Options that do not apply are errors (cookie options on a header session, `preserve` with
-//! `strategy: rewrite`, an extension block without `sessionPersistence`).
-//! Unknown fields are errors. A cookie or header without a name is named
+//! Unknown fields are errors, and so are options that do not apply (cookie options on a header
+//! session, `preserve` with `strategy: rewrite`, `x-session-persistence` without
+//! `sessionPersistence`). A cookie or header without a name is named
 //! `sp-<namespace>-<route>-<rule index>`. Each rule is its own persistence scope
 //! (`<namespace>/<route>/<rule index>`): rules never share sessions. A rule without
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
@@ -124,11 +124,12 @@
 //! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`). No match:
 //! `404`. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
 //! `X-Forwarded-Proto: http` and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
-//! bodies stream; HTTP/1.1 upgrades (WebSocket) are pinned like any request and tunnelled
-//! after the backend's `101`. Errors: the session's endpoint unavailable under `onUnavailable: reject` →
-//! `503`; no endpoint → `503`; timeout → `504`; connection refused or reset → `502`. Endpoints
-//! are keyed `<service>/<address>` in session tokens (signed and encrypted: they never show
-//! it). Rules without `sessionPersistence` may still use `x-balancer`.
+//! bodies stream; HTTP/1.1 upgrades (WebSocket) are pinned like any request and tunnelled after
+//! the backend's `101`. Errors: the session's endpoint unavailable under
+//! `onUnavailable: reject` → `503`; no endpoint → `503`; timeout → `504`; connection refused or
+//! reset → `502`. Endpoints are keyed `<service>/<address>` in session tokens (signed and
+//! encrypted: they never show it). Rules without `sessionPersistence` may still use
+//! `x-balancer`.
 
 // The crate root of an example looks for modules next to it (`examples/cli.rs`); these live in
 // `examples/gateway/`, which cargo does not mistake for another example.

@@ -870,6 +870,27 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
 }
 
 #[test]
+fn the_documented_configuration_is_valid() {
+    let source = include_str!("../examples/gateway.rs");
+    let docs: String = source
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(|line| format!("{}\n", line.strip_prefix(' ').unwrap_or(line)))
+        .collect();
+    let yaml = docs
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(yaml, _)| yaml)
+        .expect("the docs show a YAML configuration");
+    let key = "A".repeat(44);
+    let yaml = yaml.replace("<base64 of 32+ bytes>", &key).replace("<older key>", &key);
+    let file = TempFile::new(&yaml);
+    let (status, stdout, stderr) = run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(0), "{yaml}\n{stderr}");
+    assert_eq!(stdout.trim(), "config ok: 1 rule(s)");
+}
+
+#[test]
 fn usage_errors_exit_2_and_help_exits_0() {
     let (status, _, stderr) = run_gateway(&["--frobnicate"]);
     assert_eq!(status.code(), Some(2));

@@ -17,7 +17,8 @@ USAGE:
 
 OPTIONS:
     --config FILE    YAML configuration: listen, keys, timeout, services, routes
-                     (Gateway API HTTPRoute manifests); see the example's docs
+                     (Gateway API HTTPRoute manifests), documented at the top
+                     of examples/gateway.rs
     --listen ADDR    listen on ADDR (IP:port), overriding the file or the demo's
                      127.0.0.1:8080; port 0 picks a free port
     --check          with --config: validate the file and exit

@@ -30,7 +30,28 @@ pub struct Backend {
     pub release: Arc<Notify>,
     /// How many requests are being held by the stall now.
     pub held: Arc<AtomicUsize>,
+    /// How many connections are open now.
+    pub connections: Arc<AtomicUsize>,
+    killed: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    /// Kills the backend as a crashed process would go: stops listening (new connections are
+    /// refused) and closes every open connection, dropping the requests on them. Returns once
+    /// the listener is closed and every connection is gone.
+    pub async fn kill(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        let _ = self.killed.send(true);
+        for _ in 0..2000 {
+            if self.connections.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("connections of a killed backend did not close");
+    }
 }
 
 impl Drop for Backend {
@@ -47,10 +68,15 @@ pub async fn backend(name: &str) -> Backend {
     let held = Arc::new(AtomicUsize::new(0));
     let owned = name.to_owned();
     let (s, r, h) = (stalled.clone(), release.clone(), held.clone());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (killed, on_kill) = tokio::sync::watch::channel(false);
+    let open = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { return };
             let (name, stalled, release, held) = (owned.clone(), s.clone(), r.clone(), h.clone());
+            let (open, mut on_kill) = (open.clone(), on_kill.clone());
+            open.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     let (name, stalled, release, held) =
@@ -78,13 +104,17 @@ pub async fn backend(name: &str) -> Backend {
                         Ok::<_, Infallible>(res)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = on_kill.wait_for(|killed| *killed) => {}
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
             });
         }
     });
-    Backend { name: name.to_owned(), addr, stalled, release, held, task }
+    Backend { name: name.to_owned(), addr, stalled, release, held, connections, killed, task }
 }
 
 /// An endpoint service: forwards requests to one backend address.

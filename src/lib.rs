@@ -2,39 +2,41 @@
 //! and hyper services.
 //!
 //! **Session persistence** keeps a client on the backend endpoint that served it first: the
-//! first response hands the client a session (here a cookie or a header carrying a signed
-//! token), and as long as the session is valid every later request goes to that endpoint,
-//! bypassing load balancing. It is strong and explicit: it holds when endpoints are added, and
-//! ends only when the session expires or its endpoint goes away. **Session affinity**, by
-//! contrast, is a best-effort hash of something in the request (the client's address, a
-//! header); it needs no token, but moves clients whenever the set of endpoints changes.
+//! first response hands the client a session (a cookie, a header or a URL parameter carrying a
+//! signed token), and as long as the session is valid every later request goes to that
+//! endpoint, bypassing load balancing. It is strong and explicit: it holds when endpoints are
+//! added or weights change, and ends only when the session expires or its endpoint goes away.
+//!
+//! **Session affinity**, by contrast, is a best-effort hash of something the request already
+//! carries (the client's address, a header): it needs no token and no response header, but
+//! moves clients whenever the set of endpoints changes. This crate does both: persistence in
+//! [`SessionPersistenceLayer`], affinity as the [balancer](balance::affinity)'s choice for
+//! requests that carry no session yet.
 //!
 //! The crate has two halves that meet at a small [seam](seam): the
 //! [`SessionPersistenceLayer`] reads and writes sessions, and any balancer that honours
-//! [`PinnedEndpoint`] and [`ServedBy`] (such as this crate's [`balance::Balancer`]) routes.
+//! [`PinnedEndpoint`] and [`ServedBy`] (this crate's [`balance::Balancer`], a
+//! `tower::steer::Steer`, your own) routes.
 //!
 //! # Quick start
 //!
 //! ```
-//! use std::convert::Infallible;
-//! use http::{Request, Response};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
-//! use tower_session_persistence::policy::SessionPolicy;
+//! use tower_session_persistence::{SessionPersistenceLayer, balance, policy::SessionPolicy};
+//! # #[cfg(feature = "signed")]
 //! use tower_session_persistence::token::SignedCodec;
-//! use tower_session_persistence::SessionPersistenceLayer;
-//!
+//! # use http::{Request, Response};
+//! # #[cfg(feature = "signed")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
-//! let (endpoints, discover) = discover_channel();
+//!
+//! let (endpoints, discover) = balance::discover_channel();
 //! for pod in ["pod-a", "pod-b", "pod-c"] {
-//!     endpoints.insert(pod.to_owned(), service_fn(move |_: Request<()>| async move {
-//!         Ok::<_, Infallible>(Response::new(pod))
-//!     }));
+//!     endpoints.insert(pod.to_owned(), service_fn(move |_: Request<()>| async move { Ok::<_, std::convert::Infallible>(Response::new(pod)) }));
 //! }
 //! let app = ServiceBuilder::new()
 //!     .layer(SessionPersistenceLayer::<String>::new(SessionPolicy::cookie("sid").build()?, SignedCodec::new([[7u8; 32]])?))
-//!     .service(BalancerBuilder::new().group(1, discover).build());
+//!     .service(balance::BalancerBuilder::new().group(1, discover).build());
 //! # tokio::task::yield_now().await;
 //!
 //! let first = app.clone().oneshot(Request::new(())).await?;
@@ -45,9 +47,65 @@
 //! }
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "signed"))] fn main() {}
 //! ```
+//!
+//! # Where it fits
+//!
+//! * **axum**: `Router::layer(SessionPersistenceLayer::..)`, or `route_layer` for some routes
+//!   only. axum wants services that never fail; the [`balance::Balancer`] fails with a
+//!   [`BoxError`](tower::BoxError), so put an error handler (axum's `HandleErrorLayer`, or
+//!   `ServiceBuilder::map_result`) *between* the layer and the balancer and answer
+//!   [`PinnedUnavailable`] with [`PinnedUnavailable::response`] (`503`). URL sessions
+//!   ([`strategy::Url`]) rewrite the request's path, which axum's `Router::layer` runs too
+//!   late for: wrap the whole router instead. Example: `cargo run --example axum_layer`.
+//! * **hyper** alone: build the stack with `ServiceBuilder` and serve it with hyper-util's
+//!   `TowerToHyperService`. Example: `cargo run --example hyper_service`.
+//! * **Your own balancer**: honour the [seam](seam). Example: `cargo run --example
+//!   custom_balancer` (a `tower::steer::Steer`).
+//! * **API clients** without cookies: [`SessionPolicy::header`](policy::SessionPolicy::header);
+//!   the client sends back the header it was given. Example: `cargo run --example header_api`.
+//! * **HTTP/2 and gRPC**: every `Cookie` field of a request is read, so HTTP/2 clients that
+//!   split their cookies keep their session; gRPC clients carry a header session in their
+//!   metadata (Gateway API `GRPCRoute` semantics).
+//! * **A gateway**: `cargo run --example gateway` is a reverse proxy configured by Gateway API
+//!   `HTTPRoute` YAML, built only from this crate's public API.
+//!
+//! # Observability
+//!
+//! Each request's [`Decision`] (`new`, `pinned`, `re-pinned`, `expired`, `invalid`,
+//! `rejected`) is put into the response's extensions, for the application to log or count,
+//! and, with the `tracing` feature, reported as a `DEBUG` event with the fields `decision`,
+//! `endpoint` (the endpoint's key) and `scope` (the rule). Tokens are never logged, nor are
+//! cookie or header values; mark `Cookie` and `Set-Cookie` sensitive in your own HTTP tracing
+//! (tower-http's `SetSensitiveHeadersLayer`). The events are emitted inside whatever span the
+//! request is served in, such as tower-http's `TraceLayer` span, so the layer adds none of its
+//! own.
+//!
+//! # Features
+//!
+//! | feature | what it adds | default |
+//! |---|---|---|
+//! | `serde` | deserializing the Gateway API `sessionPersistence` stanza ([`policy::SessionPersistenceConfig`]) | on |
+//! | `signed` | [`token::SignedCodec`]: AES-SIV tokens, tamper-evident, the endpoint encrypted | on |
+//! | `sealed` | [`token::SealedCodec`]: XChaCha20-Poly1305 tokens that hide everything | on |
+//! | `tracing` | `tracing` events for each decision and for the balancer's endpoint changes; without it they compile to nothing | on |
+//!
+//! [`token::PlainCodec`] (HAProxy-compatible, for migration and debugging) is always there.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// Without the `tracing` feature, `tracing::debug!(..)` and friends anywhere in the crate name
+// the no-op macros of `no_tracing`; see there.
+#[cfg(not(feature = "tracing"))]
+extern crate self as tracing;
+#[cfg(not(feature = "tracing"))]
+mod no_tracing;
+#[cfg(not(feature = "tracing"))]
+#[allow(unused_imports)]
+pub(crate) use self::no_tracing::{
+    no_debug as debug, no_error as error, no_info as info, no_trace as trace, no_warn as warn,
+};
 
 pub mod balance;
 mod carrier;
@@ -59,5 +117,11 @@ pub mod strategy;
 pub mod token;
 
 pub use self::endpoint_key::EndpointKey;
+
+/// Internals exposed for the crate's own benchmarks and fuzz targets; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::carrier::cookie::{find as find_cookie, strip as strip_cookie};
+}
 pub use self::layer::{Decision, SessionPersistence, SessionPersistenceLayer};
 pub use self::seam::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};

@@ -19,7 +19,7 @@ fn parse(pair: &[u8]) -> Option<Cookie<'_>> {
 
 /// The value of the first cookie named `name` in any `Cookie` field, without surrounding
 /// double quotes.
-pub(crate) fn find<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub fn find<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get_all(COOKIE).iter().flat_map(|field| pairs(field.as_bytes())).find_map(|pair| {
         let cookie = parse(pair)?;
         if cookie.name() != name {
@@ -111,7 +111,7 @@ pub(crate) fn edit(
 }
 
 /// Removes every cookie named `name` from every `Cookie` field; see [`edit`].
-pub(crate) fn strip(headers: &mut HeaderMap, name: &str) -> bool {
+pub fn strip(headers: &mut HeaderMap, name: &str) -> bool {
     edit(headers, name, |_| Edit::Remove)
 }
 

@@ -9,12 +9,21 @@
 //! keeps nothing per session.
 
 mod plain;
+#[cfg(feature = "sealed")]
 mod sealed;
+#[cfg(feature = "signed")]
 mod signed;
 
 pub use self::plain::{Dates, PlainCodec};
+#[cfg(feature = "sealed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sealed")))]
 pub use self::sealed::SealedCodec;
-pub use self::signed::{MIN_KEY_LEN, SignedCodec};
+#[cfg(feature = "signed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signed")))]
+pub use self::signed::SignedCodec;
+
+/// The shortest key the signed and sealed codecs accept, in bytes: 256 bits of secret.
+pub const MIN_KEY_LEN: usize = 32;
 
 /// What a token says about a session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,4 +59,24 @@ pub trait Codec: Send + Sync + 'static {
 
     /// Reads the claims of `token` if this codec wrote it for `binding`.
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims>;
+}
+
+impl<T: Codec + ?Sized> Codec for Box<T> {
+    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String> {
+        (**self).encode(claims, binding)
+    }
+
+    fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
+        (**self).decode(token, binding)
+    }
+}
+
+impl<T: Codec + ?Sized> Codec for std::sync::Arc<T> {
+    fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String> {
+        (**self).encode(claims, binding)
+    }
+
+    fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
+        (**self).decode(token, binding)
+    }
 }

@@ -1,0 +1,60 @@
+//! The balancer's pick, pinned and unpinned, with 3, 100 and 10,000 endpoints.
+//!
+//! `cargo bench --bench balancer`. Endpoints answer at once, so the time is the balancer's own
+//! work plus one ready endpoint call; it should stay flat as the endpoint count grows.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use tower::{Service, ServiceExt, service_fn};
+use tower_session_persistence::PinnedEndpoint;
+use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
+
+fn pick(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut group = c.benchmark_group("balancer");
+    for n in [3usize, 100, 10_000] {
+        let mut balancer = rt.block_on(async {
+            let (endpoints, discover) = discover_channel();
+            for i in 0..n {
+                endpoints.insert(
+                    format!("pod-{i}"),
+                    service_fn(|_: Request<()>| {
+                        std::future::ready(Ok::<_, Infallible>(Response::new(())))
+                    }),
+                );
+            }
+            let balancer = BalancerBuilder::new().group(1, discover).build();
+            while balancer.len() < n {
+                tokio::task::yield_now().await;
+            }
+            // Let the p2c side take every endpoint too.
+            for _ in 0..100 {
+                tokio::task::yield_now().await;
+            }
+            std::mem::forget(endpoints);
+            balancer
+        });
+        let pinned_key = format!("pod-{}", n / 2);
+        group.bench_function(BenchmarkId::new("pinned", n), |b| {
+            b.to_async(&rt).iter(|| {
+                let mut req = Request::new(());
+                PinnedEndpoint(pinned_key.clone()).insert(req.extensions_mut());
+                let fut = balancer.call(req);
+                async move { black_box(fut.await.unwrap()) }
+            })
+        });
+        group.bench_function(BenchmarkId::new("unpinned", n), |b| {
+            b.to_async(&rt).iter(|| {
+                let svc = balancer.clone();
+                async move { black_box(svc.oneshot(Request::new(())).await.unwrap()) }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);

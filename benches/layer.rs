@@ -37,7 +37,10 @@ fn inner() -> impl Service<Request<()>, Response = Response<()>, Error = Infalli
     })
 }
 
-fn codecs() -> Vec<(&'static str, Box<dyn Fn() -> Box<dyn Codec>>)> {
+/// Makes a fresh codec: the layer takes its own, the benchmark keeps one to mint tokens.
+type MakeCodec = Box<dyn Fn() -> Box<dyn Codec>>;
+
+fn codecs() -> Vec<(&'static str, MakeCodec)> {
     vec![
         ("signed", Box::new(|| Box::new(SignedCodec::new([KEY]).unwrap()) as Box<dyn Codec>)),
         ("sealed", Box::new(|| Box::new(SealedCodec::new([KEY]).unwrap()) as Box<dyn Codec>)),

@@ -60,7 +60,9 @@
 //!   - name: echo-v1
 //!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]   # IP:port, at least one
 //!   - name: echo-v2
-//!     endpoints: ["127.0.0.1:9003"]
+//!     endpoints: [{address: "127.0.0.1:9003", id: s3}]  # id: the endpoint's key in tokens
+//!                                     # (HAProxy's `server … cookie s3`); default
+//!                                     # `<service>/<address>`
 //! routes:                          # Gateway API HTTPRoute manifests
 //!   - apiVersion: gateway.networking.k8s.io/v1        # or v1beta1
 //!     kind: HTTPRoute
@@ -83,13 +85,24 @@
 //!             secure: true            # cookie attributes; GEP defaults: Secure, HttpOnly,
 //!             httpOnly: true          # SameSite=Strict, no Domain, not Partitioned
 //!             sameSite: Strict        # Strict | Lax | None | Omit
-//!             domain: example.com
+//!             domain: example.com     # or a list: [a.example, b.example] (repeated Domain)
 //!             partitioned: false
 //!             attributes: [Priority=High]   # written as they are
 //!             strategy: insert        # cookie sessions (HAProxy's words): insert (default:
 //!                                     # our own cookie), rewrite (the backend's cookie of
 //!                                     # that name carries the token), prefix (`<token>~`
-//!                                     # before the backend's value), passive (read only)
+//!                                     # before the backend's value), passive (read only),
+//!                                     # url (a URL parameter named like the cookie)
+//!           # url: {parameter: path, strip: true, exposeHeader: x-session-token}
+//!                                     # with strategy url only: path (`;name=TOKEN`) or
+//!                                     # query (`name=TOKEN`); strip it before the backend
+//!                                     # (default true); offer a valid token to the backend
+//!                                     # in a header (default none)
+//!             codec: signed           # signed (default; AES-SIV, endpoint hidden), sealed
+//!                                     # (XChaCha20-Poly1305, hides even which sessions share
+//!                                     # an endpoint), plain (HAProxy's values: the endpoint
+//!                                     # id, `id|last|first` with idleTimeout/absoluteTimeout
+//!                                     # as maxidle/maxlife; for migrating HAProxy clients)
 //!             indirect: true          # insert, rewrite: remove the cookie before the backend
 //!                                     # (default true for insert, false for rewrite)
 //!             preserve: false         # insert: a backend's own cookie of our name wins

@@ -49,7 +49,39 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct ServiceConfig {
     name: String,
-    endpoints: Vec<String>,
+    endpoints: Vec<EndpointConfig>,
+}
+
+/// An endpoint: `"IP:port"`, or `{address: "IP:port", id: s1}` to give it the id its
+/// sessions carry (HAProxy's `server … cookie s1`, for the plain codec).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EndpointConfig {
+    Address(String),
+    Detailed(DetailedEndpoint),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetailedEndpoint {
+    address: String,
+    id: Option<String>,
+}
+
+impl EndpointConfig {
+    fn address(&self) -> &str {
+        match self {
+            EndpointConfig::Address(address) => address,
+            EndpointConfig::Detailed(detailed) => &detailed.address,
+        }
+    }
+
+    fn id(&self) -> Option<&str> {
+        match self {
+            EndpointConfig::Address(_) => None,
+            EndpointConfig::Detailed(detailed) => detailed.id.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,9 +158,9 @@ struct BackendRef {
 pub(crate) struct Plan {
     /// Where to listen.
     pub(crate) listen: SocketAddr,
-    /// Signs and verifies session tokens.
-    pub(crate) codec: SignedCodec,
-    /// Whether `codec` holds a key made up for this process (no `keys` in the file).
+    /// The keys that sign, seal and verify session tokens.
+    pub(crate) keys: Keys,
+    /// Whether `keys` is a key made up for this process (no `keys` in the file).
     pub(crate) ephemeral_key: bool,
     /// How long an upstream request may take to answer; `None` for no limit.
     pub(crate) timeout: Option<Duration>,
@@ -162,8 +194,27 @@ pub(crate) struct BackendPlan {
     pub(crate) service: String,
     /// Its share of new sessions.
     pub(crate) weight: u32,
-    /// Its endpoints' addresses.
-    pub(crate) endpoints: Vec<SocketAddr>,
+    /// Its endpoints.
+    pub(crate) endpoints: Vec<EndpointPlan>,
+}
+
+/// One endpoint of a service.
+#[derive(Clone, Debug)]
+pub(crate) struct EndpointPlan {
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+    /// Its key in the balancer and in session tokens: its `id`, or `<service>/<address>`.
+    pub(crate) key: String,
+}
+
+/// Token keys, decoded; the first signs or seals, all verify. Never printed.
+#[derive(Clone)]
+pub(crate) struct Keys(pub(crate) Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({} key(s))", self.0.len())
+    }
 }
 
 /// A configuration error: the YAML path of the field at fault and what is wrong.
@@ -230,9 +281,9 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         Some(limit) if limit.is_zero() => None,
         Some(limit) => Some(limit),
     };
-    let (codec, ephemeral_key) = match &file.keys {
-        Some(keys) => (codec(keys)?, false),
-        None => (random_codec()?, true),
+    let (keys, ephemeral_key) = match &file.keys {
+        Some(keys) => (decode_keys(keys)?, false),
+        None => (random_key()?, true),
     };
     let services = check_services(&file.services)?;
     let mut rules = Vec::new();
@@ -241,7 +292,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         let at = format!("routes[{r}]");
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
     }
-    Ok(Plan { listen, codec, ephemeral_key, timeout, rules })
+    Ok(Plan { listen, keys, ephemeral_key, timeout, rules })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.
@@ -263,7 +314,7 @@ pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{text:?} is not an address of the form IP:port, e.g. 127.0.0.1:8080"))
 }
 
-fn codec(keys: &[String]) -> Result<SignedCodec, ConfigError> {
+fn decode_keys(keys: &[String]) -> Result<Keys, ConfigError> {
     let mut decoded = Vec::with_capacity(keys.len());
     for (i, key) in keys.iter().enumerate() {
         let key = key.trim();
@@ -275,18 +326,28 @@ fn codec(keys: &[String]) -> Result<SignedCodec, ConfigError> {
             })?;
         decoded.push(bytes);
     }
-    Ok(SignedCodec::new(decoded)?)
+    // The library's own check names the key at fault (`keys[i]`) and the rule.
+    SignedCodec::new(&decoded)?;
+    Ok(Keys(decoded))
 }
 
-fn random_codec() -> Result<SignedCodec, ConfigError> {
+fn random_key() -> Result<Keys, ConfigError> {
     let mut key = [0u8; 32];
     getrandom::fill(&mut key)
         .map_err(|err| ConfigError::new("keys", format!("cannot make a random key: {err}")))?;
-    Ok(SignedCodec::new([key])?)
+    Ok(Keys(vec![key.to_vec()]))
 }
 
-/// Service name → endpoint addresses, in file order.
-type Services = Vec<(String, Vec<SocketAddr>)>;
+/// Service name → endpoints, in file order.
+type Services = Vec<(String, Vec<EndpointPlan>)>;
+
+/// An endpoint id must travel in any token, plain ones included: cookie octets without the
+/// separators HAProxy's values and the prefix strategy use.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_graphic() && !b"|~;,\\\"".contains(&b))
+}
 
 fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
     let mut checked: Services = Vec::new();
@@ -307,19 +368,40 @@ fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
                 "must list at least one endpoint address",
             ));
         }
-        let mut endpoints: Vec<SocketAddr> = Vec::new();
-        for (e, text) in service.endpoints.iter().enumerate() {
-            let at = format!("{at}.endpoints[{e}]");
+        let mut endpoints: Vec<EndpointPlan> = Vec::new();
+        for (e, entry) in service.endpoints.iter().enumerate() {
+            let mut at = format!("{at}.endpoints[{e}]");
+            let text = entry.address();
+            if matches!(entry, EndpointConfig::Detailed(_)) {
+                at.push_str(".address");
+            }
             let addr = text.parse().map_err(|_| {
                 ConfigError::new(
                     &at,
                     format!("{text:?} is not an address of the form IP:port, e.g. 10.0.0.7:8080"),
                 )
             })?;
-            if endpoints.contains(&addr) {
+            if endpoints.iter().any(|endpoint| endpoint.addr == addr) {
                 return Err(ConfigError::new(at, format!("duplicate endpoint {addr}")));
             }
-            endpoints.push(addr);
+            let key = match entry.id() {
+                Some(id) => {
+                    let at = format!("services[{s}].endpoints[{e}].id");
+                    if !valid_id(id) {
+                        return Err(ConfigError::new(
+                            at,
+                            "must be 1 to 64 visible ASCII characters without | ~ ; , \\ or \"",
+                        ));
+                    }
+                    let taken = checked.iter().flat_map(|(_, list)| list).chain(&endpoints);
+                    if taken.clone().any(|endpoint| endpoint.key == id) {
+                        return Err(ConfigError::new(at, format!("duplicate endpoint id {id:?}")));
+                    }
+                    id.to_owned()
+                }
+                None => format!("{}/{addr}", service.name),
+            };
+            endpoints.push(EndpointPlan { addr, key });
         }
         checked.push((service.name.clone(), endpoints));
     }

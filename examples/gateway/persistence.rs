@@ -9,15 +9,16 @@
 
 use std::time::Duration;
 
+use http::HeaderName;
 use serde::Deserialize;
 use tower_session_persistence::policy::{
-    Carrier, PolicyBuilder, SameSite, SessionPersistenceConfig, SessionPolicy,
+    Carrier, SameSite, SessionPersistenceConfig, SessionPolicy,
 };
-use tower_session_persistence::strategy::{Insert, Passive, Prefix, Rewrite};
-use tower_session_persistence::token::SignedCodec;
+use tower_session_persistence::strategy::{Insert, Passive, Prefix, Rewrite, Url};
+use tower_session_persistence::token::{Dates, PlainCodec, SealedCodec, SignedCodec};
 use tower_session_persistence::{OnUnavailable, SessionPersistenceLayer};
 
-use crate::config::{ConfigError, duration};
+use crate::config::{ConfigError, Keys, duration};
 
 /// The `x-session-persistence` extension block; every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +26,8 @@ use crate::config::{ConfigError, duration};
 pub(crate) struct Extension {
     on_unavailable: Option<OnUnavailableName>,
     strategy: Option<StrategyName>,
+    codec: Option<CodecName>,
+    url: Option<UrlConfig>,
     indirect: Option<bool>,
     preserve: Option<bool>,
     nocache: Option<bool>,
@@ -32,7 +35,7 @@ pub(crate) struct Extension {
     secure: Option<bool>,
     http_only: Option<bool>,
     same_site: Option<SameSiteName>,
-    domain: Option<String>,
+    domain: Option<OneOrMany>,
     partitioned: Option<bool>,
     attributes: Option<Vec<String>>,
     max_clock_skew: Option<String>,
@@ -53,6 +56,53 @@ enum StrategyName {
     Rewrite,
     Prefix,
     Passive,
+    Url,
+}
+
+/// How tokens are written: `signed` (default), `sealed`, or `plain` (HAProxy's values).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum CodecName {
+    #[default]
+    Signed,
+    Sealed,
+    Plain,
+}
+
+/// `url`: where the session travels with `strategy: url`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UrlConfig {
+    /// `path` (`;name=TOKEN`, the default) or `query` (`name=TOKEN`).
+    parameter: Option<UrlParameter>,
+    /// Remove the parameter before the backend (default true).
+    strip: Option<bool>,
+    /// Offer a valid token to the backend in this request header.
+    expose_header: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum UrlParameter {
+    Path,
+    Query,
+}
+
+/// `domain: example.com` or `domain: [a.example, b.example]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> &[String] {
+        match self {
+            OneOrMany::One(one) => std::slice::from_ref(one),
+            OneOrMany::Many(many) => many,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -65,12 +115,13 @@ enum SameSiteName {
 
 /// How the session travels, when the extension chooses; otherwise the library's default
 /// (`insert` for cookies, the header for headers).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum StrategyPlan {
     Insert(Insert),
     Rewrite(Rewrite),
     Prefix,
     Passive,
+    Url(Url),
 }
 
 /// A rule's checked session persistence.
@@ -78,6 +129,7 @@ enum StrategyPlan {
 pub(crate) struct Persistence {
     policy: SessionPolicy,
     strategy: Option<StrategyPlan>,
+    codec: CodecName,
     max_clock_skew: Option<Duration>,
     refresh_interval: Option<Duration>,
 }
@@ -88,23 +140,56 @@ impl Persistence {
         &self.policy
     }
 
-    /// The layer enforcing this persistence for the rule `scope`.
-    pub(crate) fn layer<K>(&self, codec: SignedCodec, scope: &str) -> SessionPersistenceLayer<K> {
-        let mut layer = SessionPersistenceLayer::new(self.policy.clone(), codec).scope(scope);
-        layer = match self.strategy {
+    /// The layer enforcing this persistence for the rule `scope`, its tokens made with `keys`.
+    pub(crate) fn layer<K>(&self, keys: &Keys, scope: &str) -> SessionPersistenceLayer<K> {
+        // The keys passed `SignedCodec::new` when the file was read; the sealed codec takes the
+        // same keys.
+        let mut layer = match self.codec {
+            CodecName::Signed => SessionPersistenceLayer::new(
+                self.policy.clone(),
+                SignedCodec::new(&keys.0).expect("keys checked when the file was read"),
+            ),
+            CodecName::Sealed => SessionPersistenceLayer::new(
+                self.policy.clone(),
+                SealedCodec::new(&keys.0).expect("keys checked when the file was read"),
+            ),
+            CodecName::Plain => {
+                SessionPersistenceLayer::new(self.policy.clone(), PlainCodec::new(self.dates()))
+            }
+        }
+        .scope(scope);
+        layer = match self.strategy.clone() {
             None => layer,
             Some(StrategyPlan::Insert(insert)) => layer.strategy(insert),
             Some(StrategyPlan::Rewrite(rewrite)) => layer.strategy(rewrite),
             Some(StrategyPlan::Prefix) => layer.strategy(Prefix),
             Some(StrategyPlan::Passive) => layer.strategy(Passive),
+            Some(StrategyPlan::Url(url)) => layer.strategy(url),
         };
-        if let Some(skew) = self.max_clock_skew {
-            layer = layer.max_clock_skew(skew);
+        // Plain values with dates behave as HAProxy's maxidle/maxlife: refreshed whenever the
+        // last date has passed, and dates up to 24 h ahead tolerated.
+        let haproxy_dates = self.codec == CodecName::Plain && self.dates() != Dates::None;
+        match self.max_clock_skew {
+            Some(skew) => layer = layer.max_clock_skew(skew),
+            None if haproxy_dates => layer = layer.max_clock_skew(Duration::from_secs(86_400)),
+            None => {}
         }
-        if let Some(interval) = self.refresh_interval {
-            layer = layer.refresh_interval(interval);
+        match self.refresh_interval {
+            Some(interval) => layer = layer.refresh_interval(interval),
+            None if haproxy_dates => layer = layer.refresh_interval(Duration::ZERO),
+            None => {}
         }
         layer
+    }
+
+    /// The HAProxy dates a plain token carries: `maxlife` (absoluteTimeout) needs both,
+    /// `maxidle` (idleTimeout) the last.
+    fn dates(&self) -> Dates {
+        match (self.policy.absolute_timeout(), self.policy.idle_timeout()) {
+            (Some(_), _) => Dates::LastAndFirst,
+            (None, Some(_)) => Dates::Last,
+            (None, None) => Dates::None,
+        }
     }
 }
 
@@ -130,6 +215,7 @@ pub(crate) fn check(
         return Ok(Persistence {
             policy: standard,
             strategy: None,
+            codec: CodecName::Signed,
             max_clock_skew: None,
             refresh_interval: None,
         });
@@ -160,7 +246,7 @@ pub(crate) fn check(
     }
 
     let strategy = strategy(ext, &field)?;
-    let mut builder = to_builder(&standard);
+    let mut builder = standard.to_builder();
     if let Some(StrategyPlan::Insert(_)) | None = strategy
         && let Some(on) = ext.indirect
     {
@@ -180,7 +266,7 @@ pub(crate) fn check(
             SameSiteName::Omit => None,
         });
     }
-    if let Some(domain) = &ext.domain {
+    for domain in ext.domain.iter().flat_map(OneOrMany::values) {
         builder = builder.domain(domain.clone());
     }
     if let Some(on) = ext.partitioned {
@@ -201,6 +287,7 @@ pub(crate) fn check(
     Ok(Persistence {
         policy,
         strategy,
+        codec: ext.codec.unwrap_or_default(),
         max_clock_skew: duration(ext.max_clock_skew.as_deref(), &field("maxClockSkew"))?,
         refresh_interval: duration(ext.refresh_interval.as_deref(), &field("refreshInterval"))?,
     })
@@ -230,7 +317,12 @@ fn strategy(
     {
         return Err(ConfigError::new(field(option), "applies to strategy insert only"));
     }
-    if matches!(name, StrategyName::Prefix | StrategyName::Passive) && ext.indirect.is_some() {
+    if ext.url.is_some() && name != StrategyName::Url {
+        return Err(ConfigError::new(field("url"), "applies to strategy url only"));
+    }
+    if matches!(name, StrategyName::Prefix | StrategyName::Passive | StrategyName::Url)
+        && ext.indirect.is_some()
+    {
         return Err(ConfigError::new(
             field("indirect"),
             "applies to strategies insert and rewrite only",
@@ -249,37 +341,26 @@ fn strategy(
         }
         StrategyName::Prefix => StrategyPlan::Prefix,
         StrategyName::Passive => StrategyPlan::Passive,
-    }))
-}
-
-/// A builder holding everything `policy` says, so that more can be set on top.
-fn to_builder(policy: &SessionPolicy) -> PolicyBuilder {
-    let mut builder = match policy.carrier() {
-        Carrier::Cookie(attributes) => {
-            let mut b = SessionPolicy::cookie(policy.name())
-                .path(attributes.path.clone())
-                .http_only(attributes.http_only)
-                .secure(attributes.secure)
-                .same_site(attributes.same_site)
-                .partitioned(attributes.partitioned)
-                .lifetime(attributes.lifetime);
-            for domain in &attributes.domains {
-                b = b.domain(domain.clone());
+        StrategyName::Url => {
+            let config = ext.url.clone().unwrap_or(UrlConfig {
+                parameter: None,
+                strip: None,
+                expose_header: None,
+            });
+            let mut url = match config.parameter.unwrap_or(UrlParameter::Path) {
+                UrlParameter::Path => Url::path_parameter(),
+                UrlParameter::Query => Url::query(),
+            };
+            url = url.strip(config.strip.unwrap_or(true));
+            if let Some(header) = &config.expose_header {
+                let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                    ConfigError::new(field("url.exposeHeader"), "must be a valid header name")
+                })?;
+                url = url.expose_header(name);
             }
-            for attribute in &attributes.extra {
-                b = b.attribute(attribute.clone());
-            }
-            b
+            StrategyPlan::Url(url)
         }
-        Carrier::Header(_) => SessionPolicy::header(policy.name()),
-    };
-    if let Some(timeout) = policy.absolute_timeout() {
-        builder = builder.absolute_timeout(timeout);
-    }
-    if let Some(timeout) = policy.idle_timeout() {
-        builder = builder.idle_timeout(timeout);
-    }
-    builder.indirect(policy.indirect())
+    }))
 }
 
 #[cfg(test)]

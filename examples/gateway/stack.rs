@@ -26,7 +26,7 @@ use crate::routing::{RouteTable, normalize_host};
 /// A rule's whole stack, whatever its layers.
 type RuleService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-/// Endpoint keys: `<service>/<address>`, stable and unique across services.
+/// Endpoint keys: an endpoint's `id`, or `<service>/<address>`; stable and unique.
 type Key = String;
 
 /// A rule, ready to serve.
@@ -101,9 +101,11 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
     let mut expected = 0;
     for backend in &rule.backends {
         let (sender, discover) = discover_channel();
-        for addr in &backend.endpoints {
-            let key = format!("{}/{addr}", backend.service);
-            sender.insert(key, Upstream::new(*addr, client.clone(), plan.timeout));
+        for endpoint in &backend.endpoints {
+            sender.insert(
+                endpoint.key.clone(),
+                Upstream::new(endpoint.addr, client.clone(), plan.timeout),
+            );
             expected += 1;
         }
         endpoints.push(sender);
@@ -115,7 +117,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         Some(persistence) => {
             let session = persistence.policy().name();
             tracing::info!(rule = %scope, session, endpoints = expected, "rule ready");
-            let layer = persistence.layer::<Key>(plan.codec.clone(), &scope);
+            let layer = persistence.layer::<Key>(&plan.keys, &scope);
             answering(&scope, layer.layer(balancer.clone()))
         }
         None => {

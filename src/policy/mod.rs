@@ -148,6 +148,31 @@ impl SessionPolicy {
     pub fn indirect(&self) -> bool {
         self.indirect
     }
+
+    /// A builder holding everything this policy says, to change some of it and build again.
+    ///
+    /// ```
+    /// use tower_session_persistence::policy::SessionPolicy;
+    ///
+    /// let strict = SessionPolicy::cookie("sid").build()?;
+    /// let relaxed = strict.to_builder().secure(false).build()?;
+    /// assert_eq!(relaxed.name(), "sid");
+    /// assert_ne!(relaxed, strict);
+    /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+    /// ```
+    pub fn to_builder(&self) -> PolicyBuilder {
+        let carrier = match &self.carrier {
+            Carrier::Cookie(attributes) => CarrierKind::Cookie(attributes.clone()),
+            Carrier::Header(_) => CarrierKind::Header,
+        };
+        PolicyBuilder {
+            name: self.name.clone(),
+            carrier,
+            absolute_timeout: self.absolute_timeout,
+            idle_timeout: self.idle_timeout,
+            indirect: self.indirect,
+        }
+    }
 }
 
 #[derive(Debug)]

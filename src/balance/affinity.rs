@@ -48,7 +48,7 @@ const MAX_COOKIES: usize = 64;
 /// [`BalancerBuilder::affinity`](super::BalancerBuilder::affinity).
 ///
 /// Implemented for closures `Fn(&Request<B>) -> Option<u64>` (such as [`header`] and
-/// [`cookie`]) and for [`NoAffinity`] (the default). A request for which it returns `None` is
+/// [`cookie()`]) and for [`NoAffinity`] (the default). A request for which it returns `None` is
 /// balanced by p2c, as without affinity.
 pub trait AffinityKey<B>: Send + Sync + 'static {
     /// The request's affinity key, or `None` to balance it by load.

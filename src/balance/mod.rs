@@ -4,7 +4,7 @@
 //! endpoints (a Gateway API `backendRef`). A request carrying a [`PinnedEndpoint`] goes to
 //! exactly that endpoint, whatever its group's weight, and waits for *that* endpoint's
 //! readiness only, in a bounded queue with a fail-fast deadline. Every other request goes to
-//! the endpoint its [affinity](affinity) key hashes to, if affinity is configured, or picks a
+//! the endpoint its [affinity] key hashes to, if affinity is configured, or picks a
 //! group by weight and is balanced within it by tower's power-of-two-choices
 //! [`Balance`](tower::balance::p2c::Balance). All paths count in-flight requests on the same
 //! [`Endpoint`], so p2c sees the load that pinned traffic brings. Every response carries

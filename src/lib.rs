@@ -13,7 +13,7 @@
 //! [`SessionPersistenceLayer`], affinity as the [balancer](balance::affinity)'s choice for
 //! requests that carry no session yet.
 //!
-//! The crate has two halves that meet at a small [seam](seam): the
+//! The crate has two halves that meet at a small [seam]: the
 //! [`SessionPersistenceLayer`] reads and writes sessions, and any balancer that honours
 //! [`PinnedEndpoint`] and [`ServedBy`] (this crate's [`balance::Balancer`], a
 //! `tower::steer::Steer`, your own) routes.
@@ -61,7 +61,7 @@
 //!   late for: wrap the whole router instead. Example: `cargo run --example axum_layer`.
 //! * **hyper** alone: build the stack with `ServiceBuilder` and serve it with hyper-util's
 //!   `TowerToHyperService`. Example: `cargo run --example hyper_service`.
-//! * **Your own balancer**: honour the [seam](seam). Example: `cargo run --example
+//! * **Your own balancer**: honour the [seam]. Example: `cargo run --example
 //!   custom_balancer` (a `tower::steer::Steer`).
 //! * **API clients** without cookies: [`SessionPolicy::header`](policy::SessionPolicy::header);
 //!   the client sends back the header it was given. Example: `cargo run --example header_api`.

@@ -9,8 +9,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use super::signed::MIN_KEY_LEN;
-use super::{Binding, Claims, Codec};
+use super::{Binding, Claims, Codec, MIN_KEY_LEN};
 use crate::policy::PolicyError;
 
 const VERSION: u8 = 1;

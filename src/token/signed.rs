@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use super::{Binding, Claims, Codec};
+use super::{Binding, Claims, Codec, MIN_KEY_LEN};
 use crate::policy::PolicyError;
 
 const VERSION: u8 = 1;
@@ -20,8 +20,6 @@ const TAG_LEN: usize = 16;
 const LABEL: &[u8] = b"tower-session-persistence/signed/v1";
 /// Work per request stays bounded whatever a client sends.
 const MAX_TOKEN_LEN: usize = 1024;
-/// Keys shorter than this are refused: 256 bits of secret.
-pub const MIN_KEY_LEN: usize = 32;
 
 /// Signed tokens: tamper-evident, replica-safe, and opaque about the endpoint.
 ///

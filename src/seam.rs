@@ -105,6 +105,39 @@ pub struct PinnedUnavailable;
 impl PinnedUnavailable {
     /// The status a gateway should answer with: `503 Service Unavailable`.
     pub const STATUS: http::StatusCode = http::StatusCode::SERVICE_UNAVAILABLE;
+
+    /// The response for this error: [`STATUS`](Self::STATUS), an empty body, and the error
+    /// itself in the response's extensions.
+    ///
+    /// Made beneath [`SessionPersistence`](crate::SessionPersistence) (an error handler
+    /// between the layer and the balancer), it lets the layer record the request as
+    /// [`Decision::Rejected`](crate::Decision::Rejected), log it, and leave the client's session
+    /// alone:
+    ///
+    /// ```
+    /// use http::Response;
+    /// use tower::BoxError;
+    /// use tower_session_persistence::PinnedUnavailable;
+    ///
+    /// fn error_page(error: BoxError) -> Response<String> {
+    ///     if error.is::<PinnedUnavailable>() {
+    ///         return PinnedUnavailable::response();
+    ///     }
+    ///     let mut res = Response::new("bad gateway".to_owned());
+    ///     *res.status_mut() = http::StatusCode::BAD_GATEWAY;
+    ///     res
+    /// }
+    ///
+    /// let res = error_page(PinnedUnavailable::default().into());
+    /// assert_eq!(res.status(), 503);
+    /// assert!(res.extensions().get::<PinnedUnavailable>().is_some());
+    /// ```
+    pub fn response<B: Default>() -> http::Response<B> {
+        let mut res = http::Response::new(B::default());
+        *res.status_mut() = Self::STATUS;
+        res.extensions_mut().insert(Self);
+        res
+    }
 }
 
 impl fmt::Display for PinnedUnavailable {

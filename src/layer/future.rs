@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use super::Decision;
 use super::settings::Settings;
 use crate::strategy::Reply;
-use crate::{EndpointKey, ServedBy};
+use crate::{EndpointKey, PinnedUnavailable, ServedBy};
 
 /// What the request brought, kept until the response comes.
 pub(super) enum Pending<K> {
@@ -62,13 +62,22 @@ where
         let res = ready!(this.inner.poll(cx))?;
         let Some(pending) = this.pending.take() else { return Poll::Ready(Ok(res)) };
         let (mut parts, body) = res.into_parts();
+        let settings = &**this.settings;
         // A response without a tag was not balanced (an error page, a route without
         // endpoints): there is nothing to say about the session.
         let Some(ServedBy(served)) = ServedBy::<K>::take(&mut parts.extensions) else {
+            // Unless the balancer refused the pinned endpoint, and an error handler beneath
+            // the layer said so: the session stays as it is.
+            if let Pending::Pinned { key, .. } = &pending
+                && parts.extensions.get::<PinnedUnavailable>().is_some()
+            {
+                let decision = Decision::Rejected;
+                tracing::debug!(decision = %decision, endpoint = ?key, scope = %settings.scope, "session");
+                parts.extensions.insert(decision);
+            }
             return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
         };
         let now = *this.now;
-        let settings = &**this.settings;
         let (decision, issued, due) = match pending {
             Pending::Pinned { key, issued, refreshed } if key == served => {
                 let due = settings.refresh_due(issued, refreshed, now);

@@ -15,8 +15,10 @@
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //! use tower_session_persistence::{PinnedEndpoint, ServedBy, SessionPersistenceLayer};
 //! use tower_session_persistence::policy::SessionPolicy;
+//! # #[cfg(feature = "signed")]
 //! use tower_session_persistence::token::SignedCodec;
 //!
+//! # #[cfg(feature = "signed")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let layer = SessionPersistenceLayer::<String>::new(
@@ -42,6 +44,7 @@
 //! assert!(res.headers().get("set-cookie").is_none());
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "signed"))] fn main() {}
 //! ```
 
 mod future;
@@ -62,7 +65,7 @@ use crate::policy::{Carrier, SessionPolicy};
 use crate::strategy::{Header, Insert, Strategy};
 use crate::token::Codec;
 #[cfg(doc)]
-use crate::{PinnedEndpoint, ServedBy};
+use crate::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};
 
 /// How the layer treated a request's session; also put into the response's extensions so that
 /// the application can log or count it.
@@ -81,10 +84,26 @@ pub enum Decision {
     /// The token was not one of ours (forged, tampered, foreign, garbage): treated as no
     /// session.
     Invalid,
+    /// A valid session came but its endpoint could not take the request, and the balancer
+    /// refused to move it ([`OnUnavailable::Reject`]): the response is the `503` that an error
+    /// handler beneath the layer made of [`PinnedUnavailable`] with
+    /// [`PinnedUnavailable::response`]. The session is left as it is.
+    ///
+    /// A balancer error that reaches the layer as an `Err` has no decision: the layer cannot
+    /// tell what a generic error means, so turn errors into responses beneath it.
+    Rejected,
 }
 
 impl Decision {
-    /// A lower-case word for logs: `new`, `pinned`, `re-pinned`, `expired`, `invalid`.
+    /// A lower-case word for logs: `new`, `pinned`, `re-pinned`, `expired`, `invalid`,
+    /// `rejected`.
+    ///
+    /// ```
+    /// use tower_session_persistence::Decision;
+    ///
+    /// assert_eq!(Decision::Repinned.as_str(), "re-pinned");
+    /// assert_eq!(Decision::Rejected.to_string(), "rejected");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::New => "new",
@@ -92,6 +111,7 @@ impl Decision {
             Decision::Repinned => "re-pinned",
             Decision::Expired => "expired",
             Decision::Invalid => "invalid",
+            Decision::Rejected => "rejected",
         }
     }
 }

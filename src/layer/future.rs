@@ -78,19 +78,27 @@ where
             return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
         };
         let now = *this.now;
-        let (decision, issued, due) = match pending {
+        let (decision, issued, due, previous) = match pending {
             Pending::Pinned { key, issued, refreshed } if key == served => {
                 let due = settings.refresh_due(issued, refreshed, now);
-                (Decision::Pinned, issued.unwrap_or(now), due)
+                (Decision::Pinned, issued.unwrap_or(now), due, None)
             }
-            Pending::Pinned { .. } => (Decision::Repinned, now, true),
-            Pending::Unpinned(decision) => (decision, now, true),
+            Pending::Pinned { key, .. } => (Decision::Repinned, now, true, Some(key)),
+            Pending::Unpinned(decision) => (decision, now, true, None),
         };
         let make_token = || settings.token(&served, issued, now);
         let reply =
             Reply::new(decision, due, this.method, settings.max_age(issued, now), &make_token);
         settings.strategy.on_response(&settings.policy, &mut parts, &reply);
-        tracing::debug!(decision = %decision, endpoint = ?served, scope = %settings.scope, "session");
+        match previous {
+            // Where the session was pinned before it moved.
+            Some(previous) => {
+                tracing::debug!(decision = %decision, endpoint = ?served, ?previous, scope = %settings.scope, "session");
+            }
+            None => {
+                tracing::debug!(decision = %decision, endpoint = ?served, scope = %settings.scope, "session");
+            }
+        }
         parts.extensions.insert(decision);
         Poll::Ready(Ok(http::Response::from_parts(parts, body)))
     }

@@ -716,6 +716,25 @@ fn the_documented_configuration_is_valid() {
     assert_eq!(stdout.trim(), "config ok: 1 rule(s)");
 }
 
+/// The README's per-strategy configurations stay valid.
+#[test]
+fn the_example_configurations_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/configs exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let (status, stdout, stderr) =
+            run_gateway(&["--config", path.to_str().unwrap(), "--check"]);
+        assert_eq!(status.code(), Some(0), "{}: {stderr}", path.display());
+        assert_eq!(stdout.trim(), "config ok: 1 rule(s)", "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 7, "one configuration per strategy, found {checked}");
+}
+
 #[test]
 fn usage_errors_exit_2_and_help_exits_0() {
     let (status, _, stderr) = run_gateway(&["--frobnicate"]);

@@ -362,11 +362,14 @@ async fn bed() -> Option<(Bed, Vec<tokio::task::JoinHandle<()>>)> {
 
 // ----- The cases. -----
 
+/// A case: its name, the request (method, path, Cookie) and the server it must be pinned to.
+type Case = (&'static str, Method, &'static str, Option<&'static str>, Option<&'static str>);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_indirect_nocache() {
     let Some((bed, _origins)) = bed().await else { return };
     let get = Method::GET;
-    let cases: &[(&str, Method, &str, Option<&str>, Option<&str>)] = &[
+    let cases: &[Case] = &[
         ("no cookie", get.clone(), "/", None, None),
         ("valid cookie", get.clone(), "/", Some("SRV=s2"), Some("s2")),
         ("valid among others", get.clone(), "/", Some("a=1; SRV=s2; b=2"), Some("s2")),

@@ -1,0 +1,219 @@
+//! HTTP/2 and gRPC end to end: a gateway-like stack (the layer over the crate's balancer over
+//! hyper-util client endpoints) served over h2c, with real clients.
+//!
+//! * gRPC (Gateway API `GRPCRoute` with `sessionPersistence` of type `Header`): three tonic
+//!   backends that answer their own name, upstreams over HTTP/2, and tonic clients. A client
+//!   that sends back, in its metadata, the `x-session` it got in a response's initial metadata
+//!   keeps reaching one backend, also with many calls in flight on one connection; clients
+//!   without it are balanced.
+//! * HTTP/2 cookies: an h2 client sends its cookies in several `cookie` fields (RFC 9113
+//!   §8.2.3 allows it and h2 keeps them apart); the session is found in any of them and the
+//!   backend gets the others untouched.
+
+mod common;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use bytes::Bytes;
+use common::{Upstream, backend, error_response};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic_prost::ProstCodec;
+use tower::{BoxError, ServiceBuilder};
+use tower_session_persistence::SessionPersistenceLayer;
+use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
+use tower_session_persistence::policy::SessionPolicy;
+use tower_session_persistence::token::SignedCodec;
+
+/// `message HelloRequest { string name = 1; }`, written by hand: no protoc needed.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// `message HelloReply { string backend = 1; }`
+#[derive(Clone, PartialEq, prost::Message)]
+struct HelloReply {
+    #[prost(string, tag = "1")]
+    backend: String,
+}
+
+const SAY_HELLO: &str = "/test.Greeter/SayHello";
+
+/// A tonic server whose one unary method answers the backend's name.
+async fn grpc_backend(name: &'static str) -> SocketAddr {
+    let greeter = tower::service_fn(move |req: Request<tonic::body::Body>| async move {
+        let say_hello = tower::service_fn(move |_: tonic::Request<HelloRequest>| async move {
+            Ok::<_, tonic::Status>(tonic::Response::new(HelloReply { backend: name.to_owned() }))
+        });
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
+        Ok::<_, Infallible>(grpc.unary(say_hello, req).await)
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(tonic::transport::Server::builder().serve_with_incoming(greeter, incoming));
+    addr
+}
+
+/// The layer over the balancer over one upstream per backend, served on loopback for HTTP/1
+/// and h2c (prior knowledge) clients alike. `http2` makes the upstreams HTTP/2 too.
+async fn gateway(policy: SessionPolicy, backends: &[(String, SocketAddr)], http2: bool) -> String {
+    let client = Client::builder(TokioExecutor::new()).http2_only(http2).build_http();
+    let (endpoints, discover) = discover_channel();
+    for (name, addr) in backends {
+        endpoints.insert(name.clone(), Upstream::new(&client, *addr));
+    }
+    let balancer = BalancerBuilder::new().group(1, discover).build();
+    while balancer.len() < backends.len() {
+        tokio::task::yield_now().await;
+    }
+    let stack = ServiceBuilder::new()
+        .map_request(move |mut req: Request<Incoming>| {
+            // hyper's HTTP/1 client refuses a request still marked HTTP/2.
+            if !http2 {
+                *req.version_mut() = Version::HTTP_11;
+            }
+            req.map(Body::new)
+        })
+        .layer(SessionPersistenceLayer::<String>::new(
+            policy,
+            SignedCodec::new([[5u8; 32]]).unwrap(),
+        ))
+        .map_result(answer)
+        .service(balancer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(stack.clone());
+            let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            tokio::spawn(async move { server.serve_connection(TokioIo::new(stream), svc).await });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Balancer errors become responses beneath the layer, as a gateway's would.
+fn answer(res: Result<Response<Body>, BoxError>) -> Result<Response<Body>, BoxError> {
+    Ok(res.unwrap_or_else(error_response))
+}
+
+/// One unary call; returns the backend that answered and the session it was given, if any.
+async fn say_hello(
+    channel: &Channel,
+    session: Option<&MetadataValue<tonic::metadata::Ascii>>,
+) -> (String, Option<MetadataValue<tonic::metadata::Ascii>>) {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(HelloRequest { name: "client".to_owned() });
+    if let Some(session) = session {
+        req.metadata_mut().insert("x-session", session.clone());
+    }
+    let codec = ProstCodec::<HelloRequest, HelloReply>::default();
+    let res = grpc.unary(req, SAY_HELLO.parse().unwrap(), codec).await.expect("the call succeeds");
+    let session = res.metadata().get("x-session").cloned();
+    (res.into_inner().backend, session)
+}
+
+async fn connect(url: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_echoing_its_session_metadata_stays_on_one_backend() {
+    let mut backends = Vec::new();
+    for name in ["grpc-1", "grpc-2", "grpc-3"] {
+        backends.push((name.to_owned(), grpc_backend(name).await));
+    }
+    let policy = SessionPolicy::header("x-session").build().unwrap();
+    let url = gateway(policy, &backends, true).await;
+
+    let channel = connect(&url).await;
+    let (pinned, session) = say_hello(&channel, None).await;
+    let session = session.expect("the first response's metadata carries a session");
+    for i in 0..10 {
+        let (backend, renewed) = say_hello(&channel, Some(&session)).await;
+        assert_eq!(backend, pinned, "call {i} left its backend");
+        assert!(renewed.is_none(), "an unchanged session is not sent again");
+    }
+    // Many calls in flight at once, multiplexed on the one HTTP/2 connection.
+    let calls = (0..20).map(|_| say_hello(&channel, Some(&session)));
+    for (backend, _) in futures_util::future::join_all(calls).await {
+        assert_eq!(backend, pinned, "a concurrent call left its backend");
+    }
+    // The same session from a new connection, as another replica of the client would send it.
+    let (backend, _) = say_hello(&connect(&url).await, Some(&session)).await;
+    assert_eq!(backend, pinned);
+
+    // Clients without a session are balanced, and each is given one.
+    let mut seen = HashSet::new();
+    for _ in 0..12 {
+        let (backend, session) = say_hello(&connect(&url).await, None).await;
+        assert!(session.is_some());
+        seen.insert(backend);
+    }
+    assert!(seen.len() > 1, "twelve fresh clients all reached {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_session_cookie_is_found_among_several_cookie_fields() {
+    let mut backends = Vec::new();
+    let mut running = Vec::new();
+    for name in ["a", "b", "c"] {
+        let b = backend(name).await;
+        backends.push((name.to_owned(), b.addr));
+        running.push(b);
+    }
+    let url = gateway(SessionPolicy::cookie("sid").build().unwrap(), &backends, false).await;
+    let client: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).http2_only(true).build_http();
+    let send = async |cookies: &[&str]| {
+        let mut req = Request::get(&url);
+        for cookie in cookies {
+            req = req.header("cookie", *cookie);
+        }
+        let res = client.request(req.body(Empty::new()).unwrap()).await.unwrap();
+        assert_eq!((res.status(), res.version()), (StatusCode::OK, Version::HTTP_2));
+        let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+        let session = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .find_map(|v| v.split(';').next().filter(|pair| pair.starts_with("sid=")))
+            .map(str::to_owned);
+        (header("x-backend").unwrap(), session, header("x-seen-cookie").unwrap())
+    };
+
+    let (pinned, session, _) = send(&[]).await;
+    let session = session.expect("a session is issued");
+    let shapes = [
+        vec!["theme=dark", session.as_str(), "lang=en"],
+        vec![session.as_str(), "theme=dark", "lang=en"],
+        vec!["theme=dark", "lang=en", session.as_str()],
+    ];
+    for cookies in &shapes {
+        let (backend, renewed, seen) = send(cookies).await;
+        assert_eq!(backend, pinned, "{cookies:?}");
+        assert_eq!(renewed, None, "{cookies:?}");
+        // The session's field is gone; the others reach the backend as separate fields.
+        assert_eq!(seen, "theme=dark | lang=en", "{cookies:?}");
+    }
+    // The session inside a field with other pairs, next to a separate field.
+    let combined = format!("theme=dark; {session}");
+    let (backend, renewed, seen) = send(&[&combined, "lang=en"]).await;
+    assert_eq!((backend, renewed), (pinned, None));
+    assert_eq!(seen, "theme=dark | lang=en");
+}

@@ -7,6 +7,8 @@
 //! `SocketAddr` key cannot tell the two pods apart, so the new pod inherits the session. Both
 //! run through the crate's real `Balancer`.
 
+#![cfg(all(feature = "signed", feature = "sealed"))]
+
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;

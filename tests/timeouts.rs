@@ -6,6 +6,8 @@
 //! The layer reads the wall clock; the tests set the token's dates relative to it and skip the
 //! rare case whose second changed during the call.
 
+#![cfg(feature = "sealed")]
+
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

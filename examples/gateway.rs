@@ -60,9 +60,10 @@
 //!   - name: echo-v1
 //!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]   # IP:port, at least one
 //!   - name: echo-v2
-//!     endpoints: [{address: "127.0.0.1:9003", id: s3}]  # id: the endpoint's key in tokens
-//!                                     # (HAProxy's `server … cookie s3`); default
-//!                                     # `<service>/<address>`
+//!     endpoints: [{address: "127.0.0.1:9003", id: s3, draining: false}]
+//!                                     # id: the endpoint's key in tokens (HAProxy's
+//!                                     # `server … cookie s3`), default `<service>/<address>`;
+//!                                     # draining: no new sessions, its sessions stay
 //! routes:                          # Gateway API HTTPRoute manifests
 //!   - apiVersion: gateway.networking.k8s.io/v1        # or v1beta1
 //!     kind: HTTPRoute
@@ -130,6 +131,15 @@
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
 //! without `backendRefs` answers 500.
 //!
+//! # Live changes
+//!
+//! With `--config`, the file is read again when it changes (checked once a second) and on
+//! `SIGHUP`. Changes to `services` apply at once, without a restart: endpoints added, removed
+//! (their sessions re-pin, per `onUnavailable`), marked `draining` or serving again, and
+//! `backendRefs` weights. No session whose endpoint is unchanged moves. Other changes (routes,
+//! matches, persistence, keys) are logged as needing a restart and are not applied; a file that
+//! fails its checks is logged and changes nothing.
+//!
 //! # Routing and forwarding
 //!
 //! Among the rules matching a request, the one with the most specific hostname wins, then an
@@ -160,6 +170,8 @@ mod failure;
 mod persistence;
 #[path = "gateway/proxy.rs"]
 mod proxy;
+#[path = "gateway/reload.rs"]
+mod reload;
 #[path = "gateway/routing.rs"]
 mod routing;
 #[path = "gateway/server.rs"]
@@ -217,7 +229,7 @@ async fn main() -> ExitCode {
     if let Some(listen) = args.listen {
         plan.listen = listen;
     }
-    match run(plan, demo_backends).await {
+    match run(plan, demo_backends, args.config.clone()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
@@ -255,7 +267,11 @@ async fn load(args: &cli::Args) -> Result<(Plan, Option<demo::Demo>), Failed> {
     }
 }
 
-async fn run(plan: Plan, demo: Option<demo::Demo>) -> Result<(), String> {
+async fn run(
+    plan: Plan,
+    demo: Option<demo::Demo>,
+    config: Option<std::path::PathBuf>,
+) -> Result<(), String> {
     if plan.ephemeral_key && demo.is_none() {
         tracing::warn!(
             "no `keys` configured: signing sessions with a random key made up for this process; \
@@ -289,6 +305,9 @@ async fn run(plan: Plan, demo: Option<demo::Demo>) -> Result<(), String> {
             .map_err(|err| format!("cannot write to stdout: {err}"))?;
     }
     tracing::info!(%addr, rules = plan.rules.len(), "gateway started");
+    if let Some(path) = config {
+        tokio::spawn(reload::watch(path, gateway.clone()));
+    }
     server::serve(listener, gateway, server::shutdown_signal()).await;
     Ok(())
 }

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -847,4 +848,105 @@ routes:
     assert_eq!(header(&res, "x-seen-xfp"), "http");
     assert_eq!(header(&res, "x-seen-path"), "/cart/items?id=7&x=%20");
     assert_eq!(header(&res, "x-seen-hop"), "", "headers named by Connection are hop-by-hop");
+}
+
+/// Live changes: the configuration file is rewritten while the gateway runs (and `SIGHUP`
+/// forces a re-read); endpoints are added, drained and removed without a restart, and no
+/// session whose endpoint can still take it moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_change_live_without_moving_sessions() {
+    let backends = [backend("a").await, backend("b").await, backend("c").await, backend("d").await];
+    let config = |endpoints: &str| {
+        format!(
+            "keys: [\"{key}\"]
+services:
+  - name: echo
+    endpoints: [{endpoints}]
+routes:
+{}",
+            route(
+                "shop",
+                "",
+                "        - backendRefs: [{name: echo, port: 80}]
+          sessionPersistence: {cookie: {name: sticky}}
+"
+            ),
+            key = "A".repeat(44),
+        )
+    };
+    let [a, b, c, d] = &backends;
+    let (a, b, c, d) = (a.addr, b.addr, c.addr, d.addr);
+    let file = TempFile::new(&config(&format!("\"{a}\", \"{b}\", \"{c}\"")));
+    let gw = spawn_gateway(&["--config", file.0.to_str().unwrap()], None).await;
+
+    // 30 sessions spread over a, b and c.
+    let mut sessions = Vec::new();
+    for _ in 0..30 {
+        let jar = jar_client();
+        let on = served_by(&get(&jar, &gw.url).await);
+        sessions.push((jar, on));
+    }
+    let stays = |sessions: &[(reqwest::Client, String)]| {
+        let sessions: Vec<_> = sessions.iter().map(|(j, on)| (j.clone(), on.clone())).collect();
+        let url = gw.url.clone();
+        async move {
+            for (jar, on) in &sessions {
+                let res = get(jar, &url).await;
+                assert_eq!(&served_by(&res), on, "a session moved");
+                assert!(set_cookies(&res).iter().all(|c| !c.starts_with("sticky=")), "re-issued");
+            }
+        }
+    };
+
+    // Scale up to d and drain a (a's ids are the default `<service>/<address>` keys).
+    std::fs::write(
+        &file.0,
+        config(&format!("{{address: \"{a}\", draining: true}}, \"{b}\", \"{c}\", \"{d}\"")),
+    )
+    .unwrap();
+    let fresh = fresh_client();
+    let mut reached_d = false;
+    for _ in 0..300 {
+        if served_by(&get(&fresh, &gw.url).await) == "d" {
+            reached_d = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reached_d, "the new endpoint never took a session");
+    stays(&sessions).await;
+    for _ in 0..60 {
+        assert_ne!(served_by(&get(&fresh, &gw.url).await), "a", "a drains: no new sessions");
+    }
+
+    // Remove a, and force the re-read with SIGHUP: only a's sessions move, once.
+    std::fs::write(&file.0, config(&format!("\"{b}\", \"{c}\", \"{d}\""))).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let on_a: Vec<_> = sessions.iter().filter(|(_, on)| on == "a").cloned().collect();
+    let others: Vec<_> = sessions.iter().filter(|(_, on)| on != "a").cloned().collect();
+    for (jar, _) in &on_a {
+        let mut moved = None;
+        for _ in 0..300 {
+            let res = get(jar, &gw.url).await;
+            if served_by(&res) != "a" {
+                moved = Some(res);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let moved = moved.expect("a's session never moved");
+        assert!(set_cookies(&moved).iter().any(|c| c.starts_with("sticky=")), "re-pinned");
+        let now_on = served_by(&moved);
+        assert_eq!(served_by(&get(jar, &gw.url).await), now_on);
+    }
+    stays(&others).await;
+
+    // A broken file changes nothing.
+    std::fs::write(&file.0, "services: [{name: echo, endpoints: []}]\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stays(&others).await;
 }

@@ -66,6 +66,8 @@ enum EndpointConfig {
 struct DetailedEndpoint {
     address: String,
     id: Option<String>,
+    /// No new sessions; established ones keep reaching it until it is removed.
+    draining: Option<bool>,
 }
 
 impl EndpointConfig {
@@ -80,6 +82,13 @@ impl EndpointConfig {
         match self {
             EndpointConfig::Address(_) => None,
             EndpointConfig::Detailed(detailed) => detailed.id.as_deref(),
+        }
+    }
+
+    fn draining(&self) -> bool {
+        match self {
+            EndpointConfig::Address(_) => false,
+            EndpointConfig::Detailed(detailed) => detailed.draining.unwrap_or(false),
         }
     }
 }
@@ -205,6 +214,8 @@ pub(crate) struct EndpointPlan {
     pub(crate) addr: SocketAddr,
     /// Its key in the balancer and in session tokens: its `id`, or `<service>/<address>`.
     pub(crate) key: String,
+    /// Whether it takes only the sessions it already has.
+    pub(crate) draining: bool,
 }
 
 /// Token keys, decoded; the first signs or seals, all verify. Never printed.
@@ -401,7 +412,7 @@ fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
                 }
                 None => format!("{}/{addr}", service.name),
             };
-            endpoints.push(EndpointPlan { addr, key });
+            endpoints.push(EndpointPlan { addr, key, draining: entry.draining() });
         }
         checked.push((service.name.clone(), endpoints));
     }

@@ -7,8 +7,10 @@
 //! `backendRef`, each fed by a discovery channel holding one [`Upstream`] per endpoint, keyed
 //! `<service>/<address>`.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +18,9 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode, header};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
-use tower_session_persistence::balance::{Balancer, DiscoverSender, discover_channel};
+use tower_session_persistence::balance::{
+    Balancer, DiscoverSender, EndpointState, discover_channel,
+};
 
 use crate::config::{Plan, RulePlan};
 use crate::failure;
@@ -35,12 +39,40 @@ pub(crate) struct Rule {
     service: RuleService,
     /// One per `backendRef`, to add and remove endpoints while running (kept alive: dropping
     /// them would end the balancer's discovery).
-    #[allow(dead_code)]
     endpoints: Vec<DiscoverSender<Key, Upstream>>,
+    /// What each `backendRef` has now, for live changes: its service and its endpoints.
+    current: Mutex<Vec<Backend>>,
+    /// What new endpoints are made with.
+    client: HttpClient,
+    timeout: Option<Duration>,
     /// The balancer, when the rule has backends; to tell when it knows its endpoints.
     balancer: Option<Balancer<Key, Upstream, Body>>,
     /// How many endpoints the rule starts with.
     expected: usize,
+    /// Endpoints that start draining, once the balancer knows them.
+    initial_drains: Vec<Key>,
+}
+
+/// One `backendRef` as the gateway runs it.
+#[derive(Clone, Debug, Default)]
+struct Backend {
+    service: String,
+    weight: u32,
+    /// Endpoint key → (address, draining).
+    endpoints: HashMap<Key, (SocketAddr, bool)>,
+}
+
+/// What a live change did, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub(crate) added: usize,
+    pub(crate) removed: usize,
+    pub(crate) drained: usize,
+    pub(crate) undrained: usize,
+    pub(crate) reweighted: usize,
+    /// Changes the running gateway cannot take without a restart (routes, matches,
+    /// persistence, which services a rule uses).
+    pub(crate) needs_restart: Vec<String>,
 }
 
 /// The gateway: finds the request's rule and hands the request to it. Cheap to clone.
@@ -61,19 +93,109 @@ impl Gateway {
 
     /// Waits until every balancer knows the endpoints it was given (they arrive through a
     /// channel and a task), so that the first request finds them; gives up after `limit`.
+    /// Applies the `services` of a new configuration to the running rules: endpoints added,
+    /// removed, marked draining or serving again, and `backendRefs` weights. Sessions on
+    /// endpoints that did not change are untouched. Anything else that changed is reported in
+    /// [`Applied::needs_restart`] and left as it runs.
+    pub(crate) fn apply(&self, plan: &Plan) -> Applied {
+        let mut applied = Applied::default();
+        let running: Vec<&str> = self.table.targets().iter().map(|r| r.scope.as_str()).collect();
+        let planned: Vec<&str> = plan.rules.iter().map(|r| r.scope.as_str()).collect();
+        if running != planned {
+            applied.needs_restart.push(format!("rules changed: {running:?} -> {planned:?}"));
+        }
+        for rule in self.table.targets() {
+            let Some(new) = plan.rules.iter().find(|r| r.scope == rule.scope) else { continue };
+            rule.apply(new, &mut applied);
+        }
+        applied
+    }
+
     pub(crate) async fn ready(&self, limit: Duration) -> bool {
         let all_known = || {
             self.table.targets().iter().all(|rule| {
                 rule.balancer.as_ref().is_none_or(|balancer| balancer.len() >= rule.expected)
             })
         };
-        tokio::time::timeout(limit, async {
+        let known = tokio::time::timeout(limit, async {
             while !all_known() {
                 tokio::task::yield_now().await;
             }
         })
         .await
-        .is_ok()
+        .is_ok();
+        // Endpoints configured as draining take no session, the first one included.
+        for rule in self.table.targets() {
+            if let Some(balancer) = &rule.balancer {
+                for key in &rule.initial_drains {
+                    balancer.drain(key);
+                }
+            }
+        }
+        known
+    }
+}
+
+impl Rule {
+    fn apply(&self, new: &RulePlan, applied: &mut Applied) {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let services = |b: &[Backend]| b.iter().map(|b| b.service.clone()).collect::<Vec<_>>();
+        let planned: Vec<String> = new.backends.iter().map(|b| b.service.clone()).collect();
+        if services(&current) != planned {
+            applied.needs_restart.push(format!("{}: backendRefs changed", self.scope));
+            return;
+        }
+        let Some(balancer) = &self.balancer else { return };
+        for (group, (now, plan)) in current.iter_mut().zip(&new.backends).enumerate() {
+            if now.weight != plan.weight {
+                balancer.set_weight(group, plan.weight);
+                now.weight = plan.weight;
+                applied.reweighted += 1;
+            }
+            let sender = &self.endpoints[group];
+            let wanted: HashMap<Key, (SocketAddr, bool)> =
+                plan.endpoints.iter().map(|e| (e.key.clone(), (e.addr, e.draining))).collect();
+            for key in now.endpoints.keys().filter(|k| !wanted.contains_key(*k)) {
+                sender.remove(key.clone());
+                applied.removed += 1;
+            }
+            for (key, &(addr, draining)) in &wanted {
+                match now.endpoints.get(key) {
+                    Some(&(old_addr, was_draining)) if old_addr == addr => {
+                        if draining && !was_draining {
+                            balancer.drain(key);
+                            applied.drained += 1;
+                        } else if !draining && was_draining {
+                            balancer.set_state(key, EndpointState::Serving);
+                            applied.undrained += 1;
+                        }
+                    }
+                    // New, or moved to another address: a new endpoint under the same key.
+                    _ => {
+                        sender.insert(
+                            key.clone(),
+                            Upstream::new(addr, self.client.clone(), self.timeout),
+                        );
+                        applied.added += 1;
+                        if draining {
+                            // Known to the balancer only once its discovery task has run;
+                            // give up after 5 s (the endpoint was removed again meanwhile).
+                            let (balancer, key) = (balancer.clone(), key.clone());
+                            tokio::spawn(async move {
+                                for _ in 0..500 {
+                                    if balancer.drain(&key) {
+                                        break;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                            });
+                            applied.drained += 1;
+                        }
+                    }
+                }
+            }
+            now.endpoints = wanted;
+        }
     }
 }
 
@@ -91,15 +213,29 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
             scope,
             service: RuleService::new(service),
             endpoints: Vec::new(),
+            current: Mutex::default(),
+            client: client.clone(),
+            timeout: plan.timeout,
             balancer: None,
             expected: 0,
+            initial_drains: Vec::new(),
         };
     }
 
     let mut groups = Vec::with_capacity(rule.backends.len());
     let mut endpoints = Vec::with_capacity(rule.backends.len());
+    let mut current = Vec::with_capacity(rule.backends.len());
     let mut expected = 0;
     for backend in &rule.backends {
+        current.push(Backend {
+            service: backend.service.clone(),
+            weight: backend.weight,
+            endpoints: backend
+                .endpoints
+                .iter()
+                .map(|e| (e.key.clone(), (e.addr, e.draining)))
+                .collect(),
+        });
         let (sender, discover) = discover_channel();
         for endpoint in &backend.endpoints {
             sender.insert(
@@ -112,6 +248,13 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         groups.push((backend.weight, discover));
     }
     let balancer = rule.balancing.build(groups, rule.on_unavailable);
+    let initial_drains = rule
+        .backends
+        .iter()
+        .flat_map(|b| &b.endpoints)
+        .filter(|e| e.draining)
+        .map(|e| e.key.clone())
+        .collect();
 
     let service = match &rule.persistence {
         Some(persistence) => {
@@ -125,7 +268,17 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
             answering(&scope, balancer.clone())
         }
     };
-    Rule { scope, service, endpoints, balancer: Some(balancer), expected }
+    Rule {
+        scope,
+        service,
+        endpoints,
+        current: Mutex::new(current),
+        client: client.clone(),
+        timeout: plan.timeout,
+        balancer: Some(balancer),
+        expected,
+        initial_drains,
+    }
 }
 
 /// `service`, with its errors turned into responses. The services here are always ready, so

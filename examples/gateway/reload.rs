@@ -1,0 +1,87 @@
+//! Live configuration: when the configuration file changes, or on `SIGHUP`, its `services`
+//! are applied to the running gateway (endpoints added, removed, draining; weights) without a
+//! restart and without moving a session whose endpoint did not change.
+//!
+//! The file is read once a second and compared with what was last applied, so that an editor
+//! saving it, a ConfigMap update or a script rewriting it are all noticed. A file that fails
+//! its checks changes nothing: the error is logged and the running configuration stays.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config;
+use crate::stack::Gateway;
+
+/// How often the file is looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Watches `path` and applies its changes to `gateway`, forever.
+pub(crate) async fn watch(path: PathBuf, gateway: Gateway) {
+    let mut last = std::fs::read_to_string(&path).ok();
+    let mut hangup = hangup();
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = next(&mut hangup) => true,
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::error!(%error, path = %path.display(), "cannot read the configuration; keeping the running one");
+                continue;
+            }
+        };
+        if !forced && last.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        last = Some(text.clone());
+        match config::parse(&text) {
+            Ok(plan) => {
+                let applied = gateway.apply(&plan);
+                tracing::info!(
+                    added = applied.added,
+                    removed = applied.removed,
+                    drained = applied.drained,
+                    undrained = applied.undrained,
+                    reweighted = applied.reweighted,
+                    "configuration reloaded"
+                );
+                for change in &applied.needs_restart {
+                    tracing::warn!(%change, "not applied: this change needs a restart");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "configuration not reloaded; keeping the running one");
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangup() -> Hangup {}
+
+/// The next `SIGHUP`; never, where there is none.
+#[cfg(unix)]
+async fn next(hangup: &mut Hangup) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next(_: &mut Hangup) -> Option<()> {
+    std::future::pending().await
+}

@@ -43,6 +43,18 @@ use http::Extensions;
 /// The endpoint a request is pinned to, decoded from the client's session.
 ///
 /// Set in request extensions by the layer; a balancer should [`take`](Self::take) it.
+///
+/// ```
+/// use http::Extensions;
+/// use tower_session_persistence::PinnedEndpoint;
+///
+/// let mut extensions = Extensions::new();
+/// PinnedEndpoint("pod-a".to_owned()).insert(&mut extensions);
+/// let pin = PinnedEndpoint::<String>::take(&mut extensions);
+/// assert_eq!(pin, Some(PinnedEndpoint("pod-a".to_owned())));
+/// // Taken: a layer or balancer further in never sees it.
+/// assert_eq!(PinnedEndpoint::<String>::take(&mut extensions), None);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PinnedEndpoint<K>(pub K);
 
@@ -62,6 +74,17 @@ impl<K: Clone + Send + Sync + 'static> PinnedEndpoint<K> {
 ///
 /// Set in response extensions by the balancer; the layer [`take`](Self::take)s it to decide
 /// whether the client's session is new, unchanged or re-pinned.
+///
+/// ```
+/// use http::Response;
+/// use tower_session_persistence::ServedBy;
+///
+/// let mut res = Response::new(());
+/// ServedBy(7u64).insert(res.extensions_mut());
+/// assert_eq!(ServedBy::<u64>::take(res.extensions_mut()), Some(ServedBy(7)));
+/// // Each key type is its own extension: nested layers with different keys never mix.
+/// assert_eq!(ServedBy::<String>::take(res.extensions_mut()), None);
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ServedBy<K>(pub K);
 
@@ -81,6 +104,29 @@ impl<K: Clone + Send + Sync + 'static> ServedBy<K> {
 ///
 /// GEP-1619 leaves this to the implementation: HAProxy's `option redispatch` re-balances,
 /// Envoy's `strict` mode rejects.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response};
+/// use tower::{ServiceExt, service_fn};
+/// use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
+/// use tower_session_persistence::{OnUnavailable, PinnedEndpoint, PinnedUnavailable};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (endpoints, discover) = discover_channel();
+/// let pod = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+/// endpoints.insert("pod-a".to_owned(), pod);
+/// let balancer =
+///     BalancerBuilder::new().group(1, discover).on_unavailable(OnUnavailable::Reject).build();
+///
+/// // A session whose endpoint is gone.
+/// let mut req = Request::new(());
+/// PinnedEndpoint("pod-z".to_owned()).insert(req.extensions_mut());
+/// let error = balancer.oneshot(req).await.unwrap_err();
+/// assert!(error.is::<PinnedUnavailable>());
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum OnUnavailable {
@@ -97,7 +143,8 @@ pub enum OnUnavailable {
 /// [`OnUnavailable::Reject`].
 ///
 /// It does not say which endpoint: errors end up in logs and responses, and the key of an
-/// endpoint is topology that clients should not learn.
+/// endpoint is topology that clients should not learn. See [`OnUnavailable`] for an example,
+/// and [`response`](Self::response) for the answer a gateway gives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PinnedUnavailable;

@@ -110,7 +110,7 @@ pub(crate) fn edit(
     changed
 }
 
-/// Removes every cookie named `name` from every `Cookie` field; see [`edit`].
+/// Removes every cookie named `name` from every `Cookie` field; see `edit`.
 pub fn strip(headers: &mut HeaderMap, name: &str) -> bool {
     edit(headers, name, |_| Edit::Remove)
 }

@@ -69,6 +69,40 @@ use crate::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};
 
 /// How the layer treated a request's session; also put into the response's extensions so that
 /// the application can log or count it.
+///
+/// A response that no balancer tagged with [`ServedBy`] (a local route, an error page) has
+/// no decision, except [`Rejected`](Self::Rejected).
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{Decision, PinnedEndpoint, ServedBy, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Stands in for a balancer: honours the pin, otherwise `pod-a`.
+/// let balancer = service_fn(|mut req: Request<()>| async move {
+///     let pin = PinnedEndpoint::<String>::take(req.extensions_mut());
+///     let mut res = Response::new(());
+///     ServedBy(pin.map_or("pod-a".to_owned(), |p| p.0)).insert(res.extensions_mut());
+///     Ok::<_, std::convert::Infallible>(res)
+/// });
+/// let policy = SessionPolicy::cookie("sid").build()?;
+/// let app = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default()).layer(balancer);
+///
+/// let res = app.clone().oneshot(Request::new(())).await?;
+/// assert_eq!(res.extensions().get::<Decision>(), Some(&Decision::New));
+/// let req = Request::builder().header("cookie", "sid=pod-a").body(())?;
+/// let res = app.oneshot(req).await?;
+/// match res.extensions().get::<Decision>() {
+///     Some(Decision::Pinned) => {}
+///     other => panic!("expected a pinned session, got {other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Decision {
@@ -126,6 +160,26 @@ impl fmt::Display for Decision {
 ///
 /// `K` is the endpoint key type the balancer uses. Cheap to clone: the
 /// configuration sits behind an `Arc`.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_session_persistence::SessionPersistenceLayer;
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::strategy::Insert;
+/// use tower_session_persistence::token::PlainCodec;
+///
+/// let policy = SessionPolicy::cookie("shop").idle_timeout(Duration::from_secs(1800)).build()?;
+/// // The plain codec shows the endpoint in clear: use `SignedCodec` or `SealedCodec` in
+/// // production.
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default())
+///     // One scope per route rule: a session never crosses rules.
+///     .scope("default/shop/0")
+///     .strategy(Insert::new().nocache(true))
+///     .max_clock_skew(Duration::from_secs(5))
+///     .refresh_interval(Duration::from_secs(60));
+/// assert_eq!(layer.policy().name(), "shop");
+/// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+/// ```
 #[must_use]
 pub struct SessionPersistenceLayer<K> {
     settings: Arc<Settings>,

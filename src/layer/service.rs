@@ -15,6 +15,24 @@ use crate::{EndpointKey, PinnedEndpoint};
 
 /// Middleware that keeps a client's session on one endpoint; see the
 /// [module docs](crate::layer).
+///
+/// Made by [`SessionPersistenceLayer`]; the inner service stays reachable:
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{SessionPersistence, SessionPersistenceLayer};
+///
+/// let backend =
+///     service_fn(|_: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
+/// let policy = SessionPolicy::cookie("sid").build()?;
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let svc: SessionPersistence<_, String> = layer.layer(backend);
+/// let _backend = svc.into_inner();
+/// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+/// ```
 pub struct SessionPersistence<S, K> {
     inner: S,
     settings: Arc<Settings>,

@@ -3,6 +3,17 @@ use std::fmt;
 
 /// A policy the Gateway API would not accept, with the field at fault and the rule it breaks
 /// (GEP-1619's `Accepted=False`, reason `Invalid`).
+///
+/// ```
+/// use tower_session_persistence::policy::SessionPolicy;
+///
+/// let err = SessionPolicy::header("").build().unwrap_err();
+/// assert_eq!(err.field(), "header.name");
+/// // Placed in the document it came from, for a status condition or a log line:
+/// let err = err.within("spec.rules[0].sessionPersistence");
+/// assert_eq!(err.field(), "spec.rules[0].sessionPersistence.header.name");
+/// assert!(err.to_string().starts_with("spec.rules[0].sessionPersistence.header.name: "));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyError {
     field: String,

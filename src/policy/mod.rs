@@ -103,6 +103,28 @@ impl Default for CookieAttributes {
 }
 
 /// A validated session persistence policy. See the [module docs](self).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_session_persistence::policy::{Carrier, SameSite, SessionPolicy};
+///
+/// let policy = SessionPolicy::cookie("sid")
+///     .path("/shop")
+///     .domain("example.com")
+///     .same_site(Some(SameSite::Lax))
+///     .attribute("Priority=High")
+///     .idle_timeout(Duration::from_secs(1800))
+///     .build()?;
+/// let Carrier::Cookie(cookie) = policy.carrier() else { unreachable!() };
+/// assert_eq!((cookie.path.as_str(), cookie.same_site), ("/shop", Some(SameSite::Lax)));
+/// assert!(cookie.secure && cookie.http_only, "GEP-1619's defaults");
+/// assert_eq!(policy.idle_timeout(), Some(Duration::from_secs(1800)));
+/// assert_eq!(policy.absolute_timeout(), None);
+///
+/// let header = SessionPolicy::header("x-session").build()?;
+/// assert!(matches!(header.carrier(), Carrier::Header(name) if name == "x-session"));
+/// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionPolicy {
     name: String,
@@ -182,6 +204,18 @@ enum CarrierKind {
 }
 
 /// Builds a [`SessionPolicy`]; see [`SessionPolicy::cookie`] and [`SessionPolicy::header`].
+///
+/// [`build`](Self::build) checks everything at once and names what it refuses:
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_session_persistence::policy::SessionPolicy;
+///
+/// let err = SessionPolicy::cookie("sid").idle_timeout(Duration::ZERO).build().unwrap_err();
+/// assert_eq!(err.to_string(), "idleTimeout: must be greater than zero");
+/// let err = SessionPolicy::cookie("sid").path("no-slash").build().unwrap_err();
+/// assert_eq!(err.field(), "cookie.path");
+/// ```
 #[derive(Debug)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct PolicyBuilder {

@@ -18,6 +18,33 @@ use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
 /// * `nocache` (default off): when a cookie is inserted into a response that a shared cache
 ///   could store, `Cache-Control: private` is added, as HAProxy 2.6 does.
 /// * `postonly` (default off): cookies are inserted only into responses to `POST`.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::strategy::Insert;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{ServedBy, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Endpoint `s1`, answering with a validator: a shared cache could store the response.
+/// let backend = service_fn(|_: Request<()>| async {
+///     let mut res = Response::builder().header("etag", "\"v1\"").body(())?;
+///     ServedBy("s1".to_owned()).insert(res.extensions_mut());
+///     Ok::<_, http::Error>(res)
+/// });
+/// // The plain codec writes the endpoint's key as it is, as HAProxy does.
+/// let policy = SessionPolicy::cookie("SRV").build()?;
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default())
+///     .strategy(Insert::new().nocache(true));
+/// let res = layer.layer(backend).oneshot(Request::new(())).await?;
+/// assert_eq!(res.headers()["set-cookie"], "SRV=s1; HttpOnly; SameSite=Strict; Secure; Path=/");
+/// assert_eq!(res.headers()["cache-control"], "private");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct Insert {
@@ -152,6 +179,33 @@ impl Strategy for Insert {
 /// The backend's own cookie carries the session (HAProxy `rewrite`): the value of every
 /// `Set-Cookie` of that name is replaced by the token, every attribute kept. With `indirect`
 /// (off by default; HAProxy refuses it) the cookie is removed from requests.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::strategy::Rewrite;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{ServedBy, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // An application on endpoint `s1` that sets its own session cookie.
+/// let backend = service_fn(|_: Request<()>| async {
+///     let set_cookie = "JSESSIONID=abc; Path=/app; Priority=High";
+///     let mut res = Response::builder().header("set-cookie", set_cookie).body(())?;
+///     ServedBy("s1".to_owned()).insert(res.extensions_mut());
+///     Ok::<_, http::Error>(res)
+/// });
+/// let policy = SessionPolicy::cookie("JSESSIONID").build()?;
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = layer.strategy(Rewrite::new());
+/// let res = layer.layer(backend).oneshot(Request::new(())).await?;
+/// // The value is the token now; every attribute is the application's.
+/// assert_eq!(res.headers()["set-cookie"], "JSESSIONID=s1; Path=/app; Priority=High");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use]
 pub struct Rewrite {
@@ -196,6 +250,39 @@ impl Strategy for Rewrite {
 /// `JSESSIONID=abc` reaches the client as `JSESSIONID=<token>~abc` and comes back to the
 /// backend as `JSESSIONID=abc`. The split is at the first `~`; a value without `~` passes
 /// unchanged and carries no session; an unknown token is still stripped.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::strategy::Prefix;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{ServedBy, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // An application on endpoint `s1` that sets its own session cookie and answers with the
+/// // `Cookie` header it received.
+/// let backend = service_fn(|req: Request<()>| async move {
+///     let seen = req.headers().get("cookie").map(|v| v.to_str().unwrap().to_owned());
+///     let mut res = Response::builder().header("set-cookie", "JSESSIONID=abc; Path=/").body(seen)?;
+///     ServedBy("s1".to_owned()).insert(res.extensions_mut());
+///     Ok::<_, http::Error>(res)
+/// });
+/// let policy = SessionPolicy::cookie("JSESSIONID").build()?;
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = layer.strategy(Prefix);
+/// let app = layer.layer(backend);
+///
+/// let res = app.clone().oneshot(Request::new(())).await?;
+/// assert_eq!(res.headers()["set-cookie"], "JSESSIONID=s1~abc; Path=/");
+/// // The client sends it back; the application sees its own value only.
+/// let req = Request::builder().header("cookie", "JSESSIONID=s1~abc").body(())?;
+/// let res = app.oneshot(req).await?;
+/// assert_eq!(res.body().as_deref(), Some("JSESSIONID=abc"));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Prefix;
 
@@ -228,6 +315,40 @@ impl Strategy for Prefix {
 
 /// Read-only (HAProxy's `cookie NAME` with no mode): the cookie picks the endpoint; neither
 /// the request nor the response is changed.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::strategy::Passive;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{Decision, PinnedEndpoint, ServedBy, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Stands in for a balancer: honours the pin, otherwise `s1`.
+/// let balancer = service_fn(|mut req: Request<()>| async move {
+///     let pin = PinnedEndpoint::<String>::take(req.extensions_mut());
+///     let key = pin.map_or("s1".to_owned(), |p| p.0);
+///     let mut res = Response::new(());
+///     ServedBy(key).insert(res.extensions_mut());
+///     Ok::<_, std::convert::Infallible>(res)
+/// });
+/// let policy = SessionPolicy::cookie("SRV").build()?;
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = layer.strategy(Passive);
+/// let app = layer.layer(balancer);
+///
+/// // Someone else (the application, another proxy) set `SRV=s2`: it is honoured, not touched.
+/// let req = Request::builder().header("cookie", "SRV=s2").body(())?;
+/// let res = app.clone().oneshot(req).await?;
+/// assert_eq!(res.extensions().get::<Decision>(), Some(&Decision::Pinned));
+/// // Nothing is ever written.
+/// let res = app.oneshot(Request::new(())).await?;
+/// assert!(res.headers().get("set-cookie").is_none());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Passive;
 

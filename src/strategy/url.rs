@@ -17,6 +17,46 @@ use crate::policy::SessionPolicy;
 ///
 /// On redirects (a `Location` header), the token is added to the target URL whenever a new
 /// session is due.
+///
+/// URLs are rewritten before routing, so with axum wrap the whole `Router` in the layer
+/// (`ServiceBuilder::new().layer(..).service(router)`) rather than using `Router::layer`.
+///
+/// ```
+/// use http::{Request, Response};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::strategy::Url;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{PinnedEndpoint, ServedBy, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // Stands in for a balancer: honours the pin, otherwise `s1`; redirects `/login` to `/cart`
+/// // and answers anything else with the URL it saw.
+/// let balancer = service_fn(|mut req: Request<()>| async move {
+///     let pin = PinnedEndpoint::<String>::take(req.extensions_mut());
+///     let key = pin.map_or("s1".to_owned(), |p| p.0);
+///     let mut res = match req.uri().path() {
+///         "/login" => Response::builder().status(303).header("location", "/cart"),
+///         _ => Response::builder(),
+///     }
+///     .body(req.uri().to_string())?;
+///     ServedBy(key).insert(res.extensions_mut());
+///     Ok::<_, http::Error>(res)
+/// });
+/// let policy = SessionPolicy::cookie("session").build()?;
+/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let app = layer.strategy(Url::query()).layer(balancer);
+///
+/// // A new session rides on the redirect.
+/// let res = app.clone().oneshot(Request::builder().uri("/login").body(())?).await?;
+/// assert_eq!(res.headers()["location"], "/cart?session=s1");
+/// // The client follows it; the backend sees the URL without the session.
+/// let res = app.oneshot(Request::builder().uri("/cart?session=s1&page=2").body(())?).await?;
+/// assert_eq!(res.body(), "/cart?page=2");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
 pub struct Url {

@@ -51,6 +51,42 @@ pub struct Binding<'a> {
 ///
 /// Implementations must reject, by returning `None`, any token they did not write for the same
 /// [`Binding`]: forged, tampered, truncated or foreign tokens all mean "no session".
+///
+/// Codecs compose. This one writes with a new codec and still reads what HAProxy wrote, so
+/// that clients keep their sessions through a migration:
+///
+/// ```
+/// use tower_session_persistence::token::{Binding, Claims, Codec, PlainCodec};
+///
+/// struct Migrating<C> {
+///     new: C,
+///     old: PlainCodec,
+/// }
+///
+/// impl<C: Codec> Codec for Migrating<C> {
+///     fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String> {
+///         self.new.encode(claims, binding)
+///     }
+///
+///     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
+///         self.new.decode(token, binding).or_else(|| self.old.decode(token, binding))
+///     }
+/// }
+///
+/// # #[cfg(feature = "signed")] {
+/// use tower_session_persistence::token::SignedCodec;
+///
+/// let codec = Migrating { new: SignedCodec::new([[7u8; 32]])?, old: PlainCodec::default() };
+/// let binding = Binding { name: "SRV", scope: "shop" };
+/// // A cookie HAProxy wrote (`cookie SRV insert`, server `s1`) still names `s1` ...
+/// assert_eq!(codec.decode("s1", binding).unwrap().endpoint, b"s1");
+/// // ... and new sessions get signed tokens.
+/// let now = Some(1_700_000_000);
+/// let claims = Claims { endpoint: b"s1".to_vec(), issued: now, refreshed: now };
+/// assert_ne!(codec.encode(&claims, binding).as_deref(), Some("s1"));
+/// # }
+/// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+/// ```
 pub trait Codec: Send + Sync + 'static {
     /// Writes `claims` as a token for `binding`. The result must be a valid cookie value and
     /// header value (RFC 6265 `cookie-octet`s). `None` when this codec cannot name the endpoint

@@ -19,7 +19,11 @@
 //!
 //! Once it listens, the gateway prints exactly one line on stdout, and flushes it:
 //! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). Logs go
-//! to stderr, filtered by `RUST_LOG` (default `info`).
+//! to stderr, filtered by `RUST_LOG` (default `info`), with one access-log line per request on
+//! the `access` target:
+//! `127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001`
+//! (`session`: new, pinned, re-pinned, expired, invalid, rejected, or `-`; the path is logged
+//! without its query and `;` parameters, and no token is ever logged).
 //!
 //! Exit status: `0` after Ctrl-C or SIGTERM (open requests are finished first, for up to 10 s)
 //! or a passed `--check`; `1` for a configuration error, printed on stderr as
@@ -156,6 +160,8 @@
 
 // The crate root of an example looks for modules next to it (`examples/cli.rs`); these live in
 // `examples/gateway/`, which cargo does not mistake for another example.
+#[path = "gateway/access_log.rs"]
+mod access_log;
 #[path = "gateway/balancing.rs"]
 mod balancing;
 #[path = "gateway/cli.rs"]

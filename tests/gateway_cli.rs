@@ -950,3 +950,89 @@ routes:
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stays(&others).await;
 }
+
+/// One access-log line per request with the session decision and the endpoint; never a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_with_the_decision() {
+    let backends = [backend("a").await, closing_backend("b").await];
+    let config = format!(
+        "keys: [\"{key}\"]
+services:
+  - name: echo
+    endpoints: [{{address: \"{}\", id: pod-a}}, {{address: \"{}\", id: pod-b}}]
+routes:
+{}",
+        backends[0].addr,
+        backends[1].addr,
+        route(
+            "shop",
+            "",
+            "        - backendRefs: [{name: echo, port: 80}]
+          sessionPersistence: {cookie: {name: sticky}}
+          x-session-persistence: {onUnavailable: reject}
+          x-balancer: {ejectFor: 60s}
+"
+        ),
+        key = "A".repeat(44),
+    );
+    let gw = start_gateway(&config).await;
+    let lines = |gw: &gateway_process::Gateway| {
+        gw.stderr
+            .lock()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" access: "))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    // A client on b, then b stops: its next request is rejected.
+    let (jar, token) = loop {
+        let jar = jar_client();
+        let res = get(&jar, &format!("{}/cart;v=1?q=secret", gw.url)).await;
+        if served_by(&res) == "b" {
+            let cookie = set_cookies(&res).into_iter().find(|c| c.starts_with("sticky=")).unwrap();
+            let token = cookie["sticky=".len()..].split(';').next().unwrap().to_owned();
+            break (jar, token);
+        }
+    };
+    assert!(set_cookies(&get(&jar, &gw.url).await).is_empty(), "pinned: nothing re-issued");
+    let [_, b] = backends;
+    b.stop().await;
+    let mut rejected = false;
+    for _ in 0..50 {
+        if get(&jar, &gw.url).await.status() == 503 {
+            rejected = true;
+            break;
+        }
+    }
+    assert!(rejected, "reject mode answers 503 once b is gone");
+    // Lines are written as responses go out; wait for them to reach the pipe.
+    let mut log = Vec::new();
+    for _ in 0..200 {
+        log = lines(&gw);
+        if log.iter().any(|l| l.contains("session=rejected")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        log.iter().any(|l| l.contains("session=new") && l.contains("endpoint=pod-b")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("session=pinned") && l.contains("endpoint=pod-b")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("\" 503 ") && l.contains("session=rejected")),
+        "{log:#?}"
+    );
+    assert!(log.iter().all(|l| l.contains("rule=default/shop/0")), "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("\"GET /cart HTTP/1.1\" 200")), "{log:#?}");
+    let all = gw.stderr.lock().unwrap().clone();
+    assert!(
+        !all.contains("secret") && !all.contains("v=1"),
+        "query and path parameters are not logged"
+    );
+    assert!(token.len() > 20 && !all.contains(&token), "the session token reached the log");
+}

@@ -93,7 +93,12 @@ pub(crate) fn respond(scope: &str, error: &BoxError) -> Response<Body> {
             tracing::info!(rule = scope, error = %error, "request not routed");
         }
     }
-    text(failure.status(), failure.reason())
+    let mut res = text(failure.status(), failure.reason());
+    if failure == Failure::PinnedUnavailable {
+        // Tells the session layer above that it rejected a session (`Decision::Rejected`).
+        res.extensions_mut().insert(PinnedUnavailable::default());
+    }
+    res
 }
 
 /// The error and its causes, `: `-separated, for logs.

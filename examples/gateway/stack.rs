@@ -18,14 +18,15 @@ use axum::body::Body;
 use http::{Request, Response, StatusCode, header};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_session_persistence::ServedBy;
 use tower_session_persistence::balance::{
     Balancer, DiscoverSender, EndpointState, discover_channel,
 };
 
 use crate::config::{Plan, RulePlan};
-use crate::failure;
 use crate::proxy::{HttpClient, Upstream};
 use crate::routing::{RouteTable, normalize_host};
+use crate::{access_log, failure};
 
 /// A rule's whole stack, whatever its layers.
 type RuleService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -256,16 +257,18 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         .map(|e| e.key.clone())
         .collect();
 
+    let answered = answering(&scope, balancer.clone());
     let service = match &rule.persistence {
         Some(persistence) => {
             let session = persistence.policy().name();
             tracing::info!(rule = %scope, session, endpoints = expected, "rule ready");
             let layer = persistence.layer::<Key>(&plan.keys, &scope);
-            answering(&scope, layer.layer(balancer.clone()))
+            // Errors become responses beneath the layer, so that it sees a rejected session.
+            RuleService::new(layer.layer(answered))
         }
         None => {
             tracing::info!(rule = %scope, endpoints = expected, "rule ready, no persistence");
-            answering(&scope, balancer.clone())
+            RuleService::new(answered)
         }
     };
     Rule {
@@ -281,9 +284,21 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
     }
 }
 
-/// `service`, with its errors turned into responses. The services here are always ready, so
-/// each request can call a clone of it at once.
-fn answering<S>(scope: &str, service: S) -> RuleService
+/// The endpoint that served a response, for the access log (the session layer takes the
+/// balancer's `ServedBy`).
+#[derive(Clone, Debug)]
+pub(crate) struct ServedByEndpoint(pub(crate) Key);
+
+/// `service`, with its errors turned into responses and the serving endpoint noted for the
+/// access log. The services here are always ready, so each request can call a clone at once.
+fn answering<S>(
+    scope: &str,
+    service: S,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ Sync
++ 'static
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>
         + Clone
@@ -293,23 +308,30 @@ where
     S::Future: Send,
 {
     let scope: Arc<str> = scope.into();
-    RuleService::new(tower::service_fn(move |req: Request<Body>| {
+    tower::service_fn(move |req: Request<Body>| {
         let (service, scope) = (service.clone(), scope.clone());
         async move {
             Ok::<_, Infallible>(match service.oneshot(req).await {
-                Ok(res) => res,
+                Ok(mut res) => {
+                    if let Some(ServedBy(key)) = res.extensions().get::<ServedBy<Key>>().cloned() {
+                        res.extensions_mut().insert(ServedByEndpoint(key));
+                    }
+                    res
+                }
                 Err(err) => failure::respond(&scope, &err),
             })
         }
-    }))
+    })
 }
 
 impl Service<Request<Body>> for Gateway {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = futures_util::future::Either<
-        Oneshot<RuleService, Request<Body>>,
-        std::future::Ready<Result<Response<Body>, Infallible>>,
+    type Future = access_log::Logged<
+        futures_util::future::Either<
+            Oneshot<RuleService, Request<Body>>,
+            std::future::Ready<Result<Response<Body>, Infallible>>,
+        >,
     >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -323,15 +345,15 @@ impl Service<Request<Body>> for Gateway {
             .and_then(|h| h.to_str().ok())
             .or_else(|| req.uri().host())
             .map(normalize_host);
-        match self.table.find(host.as_deref(), req.uri().path()) {
-            Some(rule) => {
-                tracing::trace!(rule = %rule.scope, "routed");
-                futures_util::future::Either::Left(rule.service.clone().oneshot(req))
-            }
+        let rule = self.table.find(host.as_deref(), req.uri().path());
+        let entry = access_log::Entry::start(&req, rule.map(|rule| rule.scope.clone()));
+        let future = match rule {
+            Some(rule) => futures_util::future::Either::Left(rule.service.clone().oneshot(req)),
             None => futures_util::future::Either::Right(std::future::ready(Ok(failure::text(
                 StatusCode::NOT_FOUND,
                 "no route matches this request",
             )))),
-        }
+        };
+        access_log::Logged::new(future, entry)
     }
 }

@@ -86,6 +86,8 @@ impl Drop for TempFile {
 pub struct Gateway {
     pub child: Child,
     pub url: String,
+    /// Everything the gateway wrote on stderr so far (its logs).
+    pub stderr: Arc<Mutex<String>>,
     _config: Option<TempFile>,
 }
 
@@ -131,7 +133,8 @@ pub async fn spawn_gateway(args: &[&str], config: Option<TempFile>) -> Gateway {
         for _ in lines {}
     });
     let line = tokio::time::timeout(PATIENCE, rx).await;
-    let mut gateway = Gateway { child, url: String::new(), _config: config };
+    let mut gateway =
+        Gateway { child, url: String::new(), stderr: stderr.clone(), _config: config };
     match line {
         Ok(Ok(Some(line))) if line.starts_with("listening on http://127.0.0.1:") => {
             gateway.url = line["listening on ".len()..].trim().to_owned();

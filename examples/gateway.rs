@@ -64,6 +64,7 @@
 //!   - name: echo-v1
 //!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]   # IP:port, at least one
 //!   - name: echo-v2
+//!     appProtocol: http               # or kubernetes.io/h2c: HTTP/2 to the endpoints (gRPC)
 //!     endpoints: [{address: "127.0.0.1:9003", id: s3, draining: false}]
 //!                                     # id: the endpoint's key in tokens (HAProxy's
 //!                                     # `server … cookie s3`), default `<service>/<address>`;

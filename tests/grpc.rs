@@ -217,3 +217,49 @@ async fn an_http2_session_cookie_is_found_among_several_cookie_fields() {
     assert_eq!((backend, renewed), (pinned, None));
     assert_eq!(seen, "theme=dark | lang=en");
 }
+
+mod gateway_process;
+
+/// The same through the example gateway: a client speaking h2c to it, a Service with
+/// `appProtocol: kubernetes.io/h2c` so that it speaks h2c to the backends (trailers and
+/// `te: trailers` pass), and header persistence carried in the gRPC metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_the_gateway_keeps_its_backend() {
+    let names = ["g1", "g2", "g3"];
+    let mut endpoints = Vec::new();
+    for name in names {
+        endpoints.push(format!("\"{}\"", grpc_backend(name).await));
+    }
+    let config = format!(
+        "keys: [\"{key}\"]
+services:
+  - name: greeter
+    appProtocol: kubernetes.io/h2c
+    endpoints: [{endpoints}]
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {{name: grpc}}
+    spec:
+      rules:
+        - backendRefs: [{{name: greeter}}]
+          sessionPersistence: {{type: Header, header: {{name: x-session}}}}
+",
+        key = "A".repeat(44),
+        endpoints = endpoints.join(", "),
+    );
+    let gw = gateway_process::start_gateway(&config).await;
+    let channel = connect(&gw.url).await;
+    let (first, session) = say_hello(&channel, None).await;
+    let session = session.expect("the first answer carries x-session in its metadata");
+    for _ in 0..10 {
+        let (backend, again) = say_hello(&channel, Some(&session)).await;
+        assert_eq!(backend, first);
+        assert!(again.is_none(), "an unchanged session is not re-issued");
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..30 {
+        seen.insert(say_hello(&connect(&gw.url).await, None).await.0);
+    }
+    assert!(seen.len() >= 2, "fresh clients are balanced: {seen:?}");
+}

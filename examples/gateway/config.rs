@@ -46,10 +46,13 @@ struct File {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ServiceConfig {
     name: String,
     endpoints: Vec<EndpointConfig>,
+    /// How the endpoints are spoken to, as a Kubernetes Service port's `appProtocol`:
+    /// `http` (HTTP/1.1, the default) or `kubernetes.io/h2c` (HTTP/2 with prior knowledge).
+    app_protocol: Option<String>,
 }
 
 /// An endpoint: `"IP:port"`, or `{address: "IP:port", id: s1}` to give it the id its
@@ -216,6 +219,8 @@ pub(crate) struct EndpointPlan {
     pub(crate) key: String,
     /// Whether it takes only the sessions it already has.
     pub(crate) draining: bool,
+    /// Whether it speaks HTTP/2 with prior knowledge (h2c).
+    pub(crate) h2c: bool,
 }
 
 /// Token keys, decoded; the first signs or seals, all verify. Never printed.
@@ -379,6 +384,16 @@ fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
                 "must list at least one endpoint address",
             ));
         }
+        let h2c = match service.app_protocol.as_deref() {
+            None | Some("http") => false,
+            Some("kubernetes.io/h2c" | "h2c") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    format!("{at}.appProtocol"),
+                    format!("{other:?} is not supported: http or kubernetes.io/h2c"),
+                ));
+            }
+        };
         let mut endpoints: Vec<EndpointPlan> = Vec::new();
         for (e, entry) in service.endpoints.iter().enumerate() {
             let mut at = format!("{at}.endpoints[{e}]");
@@ -412,7 +427,7 @@ fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
                 }
                 None => format!("{}/{addr}", service.name),
             };
-            endpoints.push(EndpointPlan { addr, key, draining: entry.draining() });
+            endpoints.push(EndpointPlan { addr, key, draining: entry.draining(), h2c });
         }
         checked.push((service.name.clone(), endpoints));
     }

@@ -55,12 +55,27 @@ pub(crate) fn client(connect_timeout: Option<Duration>) -> HttpClient {
         .build(connector)
 }
 
+/// Builds a client that speaks HTTP/2 with prior knowledge (h2c) to its endpoints: gRPC
+/// backends, Services whose port has `appProtocol: kubernetes.io/h2c`.
+pub(crate) fn h2c_client(connect_timeout: Option<Duration>) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(connect_timeout);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .http2_only(true)
+        .set_host(true)
+        .build(connector)
+}
+
 /// Forwards requests to one endpoint.
 #[derive(Clone)]
 pub(crate) struct Upstream {
     authority: Authority,
     client: HttpClient,
     timeout: Option<Duration>,
+    /// Whether the endpoint speaks HTTP/2 (h2c); otherwise HTTP/1.1.
+    h2: bool,
 }
 
 impl fmt::Debug for Upstream {
@@ -73,7 +88,12 @@ impl Upstream {
     pub(crate) fn new(addr: SocketAddr, client: HttpClient, timeout: Option<Duration>) -> Self {
         let authority =
             Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self { authority, client, timeout }
+        Self { authority, client, timeout, h2: false }
+    }
+
+    /// The same, for an endpoint that speaks h2c; `client` must be an [`h2c_client`].
+    pub(crate) fn h2c(addr: SocketAddr, client: HttpClient, timeout: Option<Duration>) -> Self {
+        Self { h2: true, ..Self::new(addr, client, timeout) }
     }
 }
 
@@ -95,7 +115,7 @@ impl Service<Request<Body>> for Upstream {
             let client_side = hyper::upgrade::on(&mut req);
             (protocol, client_side)
         });
-        let req = match prepare(req, &self.authority) {
+        let req = match prepare(req, &self.authority, self.h2) {
             Ok(mut req) => {
                 if let Some((protocol, _)) = &upgrade {
                     upgrade::restore(req.headers_mut(), protocol.clone());
@@ -132,7 +152,11 @@ impl Service<Request<Body>> for Upstream {
 }
 
 /// Turns the client's request into the upstream request.
-fn prepare(mut req: Request<Body>, authority: &Authority) -> Result<Request<Body>, BoxError> {
+fn prepare(
+    mut req: Request<Body>,
+    authority: &Authority,
+    h2: bool,
+) -> Result<Request<Body>, BoxError> {
     let client_ip = req.extensions().get::<ClientAddr>().map(|addr| addr.0.ip().to_canonical());
     // HTTP/2 clients send no `Host`: the authority travels in the URI.
     let host = match req.headers().get(header::HOST) {
@@ -146,11 +170,21 @@ fn prepare(mut req: Request<Body>, authority: &Authority) -> Result<Request<Body
         .authority(authority.clone())
         .path_and_query(path)
         .build()?;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
 
     let headers = req.headers_mut();
+    // gRPC needs `te: trailers`, the one TE value HTTP/2 allows (RFC 9113 §8.2.2).
+    let trailers = h2
+        && headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(headers);
-    join_cookies(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if !h2 {
+        join_cookies(headers);
+    }
     if let Some(host) = host {
         headers.insert(header::HOST, host.clone());
         headers.insert(X_FORWARDED_HOST, host);
@@ -233,7 +267,7 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         req.extensions_mut().insert(ClientAddr("192.0.2.1:5555".parse().unwrap()));
-        let req = prepare(req, &Authority::from_static("127.0.0.1:9")).unwrap();
+        let req = prepare(req, &Authority::from_static("127.0.0.1:9"), false).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9/a/b?c=d");
         let h = req.headers();
         assert_eq!(h["host"], "shop.example:8443");

@@ -23,8 +23,8 @@ use tower_session_persistence::balance::{
     Balancer, DiscoverSender, EndpointState, discover_channel,
 };
 
-use crate::config::{Plan, RulePlan};
-use crate::proxy::{HttpClient, Upstream};
+use crate::config::{EndpointPlan, Plan, RulePlan};
+use crate::proxy::{self, HttpClient, Upstream};
 use crate::routing::{RouteTable, normalize_host};
 use crate::{access_log, failure};
 
@@ -61,6 +61,16 @@ struct Backend {
     weight: u32,
     /// Endpoint key → (address, draining).
     endpoints: HashMap<Key, (SocketAddr, bool)>,
+}
+
+/// The service that forwards to `endpoint`: over the shared HTTP/1.1 client, or over a client
+/// of its own for h2c (one multiplexed connection per endpoint).
+fn upstream(endpoint: &EndpointPlan, client: &HttpClient, timeout: Option<Duration>) -> Upstream {
+    if endpoint.h2c {
+        Upstream::h2c(endpoint.addr, proxy::h2c_client(timeout), timeout)
+    } else {
+        Upstream::new(endpoint.addr, client.clone(), timeout)
+    }
 }
 
 /// What a live change did, for the log.
@@ -156,6 +166,8 @@ impl Rule {
             let sender = &self.endpoints[group];
             let wanted: HashMap<Key, (SocketAddr, bool)> =
                 plan.endpoints.iter().map(|e| (e.key.clone(), (e.addr, e.draining))).collect();
+            let planned: HashMap<&Key, &EndpointPlan> =
+                plan.endpoints.iter().map(|e| (&e.key, e)).collect();
             for key in now.endpoints.keys().filter(|k| !wanted.contains_key(*k)) {
                 sender.remove(key.clone());
                 applied.removed += 1;
@@ -175,7 +187,7 @@ impl Rule {
                     _ => {
                         sender.insert(
                             key.clone(),
-                            Upstream::new(addr, self.client.clone(), self.timeout),
+                            upstream(planned[key], &self.client, self.timeout),
                         );
                         applied.added += 1;
                         if draining {
@@ -239,10 +251,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         });
         let (sender, discover) = discover_channel();
         for endpoint in &backend.endpoints {
-            sender.insert(
-                endpoint.key.clone(),
-                Upstream::new(endpoint.addr, client.clone(), plan.timeout),
-            );
+            sender.insert(endpoint.key.clone(), upstream(endpoint, client, plan.timeout));
             expected += 1;
         }
         endpoints.push(sender);

@@ -143,11 +143,12 @@ fn cookie_attributes(policy: &SessionPolicy) -> CookieAttributes {
 
 impl Strategy for Insert {
     fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        let token = cookies::find(&req.headers, policy.name()).map(str::to_owned);
         if self.indirect {
-            cookies::strip(&mut req.headers, policy.name());
+            // Found and removed in one pass.
+            cookies::take(&mut req.headers, policy.name())
+        } else {
+            cookies::find(&req.headers, policy.name()).map(str::to_owned)
         }
-        token
     }
 
     fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
@@ -227,11 +228,12 @@ impl Rewrite {
 
 impl Strategy for Rewrite {
     fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        let token = cookies::find(&req.headers, policy.name()).map(str::to_owned);
         if self.indirect {
-            cookies::strip(&mut req.headers, policy.name());
+            // Found and removed in one pass.
+            cookies::take(&mut req.headers, policy.name())
+        } else {
+            cookies::find(&req.headers, policy.name()).map(str::to_owned)
         }
-        token
     }
 
     fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {

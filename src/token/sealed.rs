@@ -117,18 +117,36 @@ impl SealedCodec {
 }
 
 /// Label, version and key id, then the name and the scope, each preceded by its length so that
-/// no two bindings share an encoding.
-fn associated_data(version: u8, key_id: u8, binding: Binding<'_>) -> Vec<u8> {
+/// no two bindings share an encoding. Written on the stack when it fits (any sensible name and
+/// scope), and handed to `f`.
+fn with_associated_data<T>(
+    version: u8,
+    key_id: u8,
+    binding: Binding<'_>,
+    f: impl FnOnce(&[u8]) -> T,
+) -> T {
     let (name, scope) = (binding.name.as_bytes(), binding.scope.as_bytes());
-    let mut ad = Vec::with_capacity(LABEL.len() + 2 + 16 + name.len() + scope.len());
-    ad.extend_from_slice(LABEL);
-    ad.push(version);
-    ad.push(key_id);
+    let len = LABEL.len() + 2 + 16 + name.len() + scope.len();
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let ad: &mut [u8] = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap
+    };
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        ad[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(LABEL);
+    put(&[version, key_id]);
     for part in [name, scope] {
-        ad.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        ad.extend_from_slice(part);
+        put(&(part.len() as u64).to_be_bytes());
+        put(part);
     }
-    ad
+    f(ad)
 }
 
 fn seconds(time: u64) -> [u8; 4] {
@@ -141,6 +159,9 @@ fn encoded_len(raw: usize) -> usize {
     (raw * 4).div_ceil(3)
 }
 
+/// The most bytes a token of `MAX_TOKEN_LEN` characters holds.
+const MAX_RAW_LEN: usize = MAX_TOKEN_LEN * 3 / 4;
+
 impl Codec for SealedCodec {
     fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String> {
         let endpoint = &claims.endpoint;
@@ -151,49 +172,51 @@ impl Codec for SealedCodec {
             return None;
         }
         let key = &self.keys[0];
-        let mut nonce = [0u8; NONCE_LEN];
+        // `version ‖ key id ‖ nonce ‖ ciphertext ‖ tag`, built in place on the stack.
+        let mut raw = [0u8; MAX_RAW_LEN];
+        let raw = &mut raw[..raw_len];
+        let (header, rest) = raw.split_at_mut(HEADER_LEN);
+        let (plain, tag) = rest.split_at_mut(plain_len);
+        header[0] = VERSION;
+        header[1] = key.id;
         // Without randomness there is no safe nonce: write no token rather than a weak one.
-        getrandom::fill(&mut nonce).ok()?;
-
-        let mut bytes = Vec::with_capacity(raw_len);
-        bytes.extend_from_slice(&[VERSION, key.id]);
-        bytes.extend_from_slice(&nonce);
-        bytes.extend_from_slice(&seconds(claims.issued.unwrap_or(0)));
-        bytes.extend_from_slice(&seconds(claims.refreshed.unwrap_or(0)));
-        bytes.extend_from_slice(&endpoint_len.to_be_bytes());
-        bytes.extend_from_slice(endpoint);
-        bytes.resize(HEADER_LEN + plain_len, 0);
-        let tag = key
-            .cipher
-            .encrypt_inout_detached(
-                &XNonce::from(nonce),
-                &associated_data(VERSION, key.id, binding),
-                (&mut bytes[HEADER_LEN..]).into(),
-            )
-            .ok()?;
-        bytes.extend_from_slice(&tag);
-        Some(URL_SAFE_NO_PAD.encode(bytes))
+        getrandom::fill(&mut header[2..]).ok()?;
+        plain[..4].copy_from_slice(&seconds(claims.issued.unwrap_or(0)));
+        plain[4..8].copy_from_slice(&seconds(claims.refreshed.unwrap_or(0)));
+        plain[8..FIXED_LEN].copy_from_slice(&endpoint_len.to_be_bytes());
+        plain[FIXED_LEN..FIXED_LEN + endpoint.len()].copy_from_slice(endpoint);
+        // The rest of `plain` stays zero: the padding.
+        let nonce = XNonce::try_from(&header[2..]).ok()?;
+        let sealed = with_associated_data(VERSION, key.id, binding, |ad| {
+            key.cipher.encrypt_inout_detached(&nonce, ad, plain.into())
+        })
+        .ok()?;
+        tag.copy_from_slice(&sealed);
+        Some(URL_SAFE_NO_PAD.encode(raw))
     }
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
         if token.len() > MAX_TOKEN_LEN {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
-        if bytes.len() < HEADER_LEN + BLOCK + TAG_LEN || bytes[0] != VERSION {
+        let mut raw = [0u8; MAX_TOKEN_LEN];
+        let len = URL_SAFE_NO_PAD.decode_slice(token, &mut raw).ok()?;
+        let raw = &raw[..len];
+        if raw.len() < HEADER_LEN + BLOCK + TAG_LEN || raw[0] != VERSION {
             return None;
         }
-        let key_id = bytes[1];
-        let nonce = XNonce::try_from(&bytes[2..HEADER_LEN]).ok()?;
-        let (sealed, tag) = bytes[HEADER_LEN..].split_at(bytes.len() - HEADER_LEN - TAG_LEN);
+        let key_id = raw[1];
+        let nonce = XNonce::try_from(&raw[2..HEADER_LEN]).ok()?;
+        let (sealed, tag) = raw[HEADER_LEN..].split_at(raw.len() - HEADER_LEN - TAG_LEN);
         let tag = Tag::try_from(tag).ok()?;
-        let ad = associated_data(VERSION, key_id, binding);
-        let plain = self.keys.iter().filter(|key| key.id == key_id).find_map(|key| {
-            let mut buffer = sealed.to_vec();
-            key.cipher
-                .decrypt_inout_detached(&nonce, &ad, buffer.as_mut_slice().into(), &tag)
-                .ok()
-                .map(|()| buffer)
+        let mut plain = [0u8; MAX_RAW_LEN];
+        let plain = &mut plain[..sealed.len()];
+        // The tag is checked in constant time by the `chacha20poly1305` crate.
+        with_associated_data(VERSION, key_id, binding, |ad| {
+            self.keys.iter().filter(|key| key.id == key_id).find(|key| {
+                plain.copy_from_slice(sealed);
+                key.cipher.decrypt_inout_detached(&nonce, ad, (&mut *plain).into(), &tag).is_ok()
+            })
         })?;
         // Authentic, hence written by `encode`; checked anyway, never indexed blindly.
         let fixed: [u8; FIXED_LEN] = plain.get(..FIXED_LEN)?.try_into().ok()?;
@@ -239,6 +262,38 @@ mod tests {
         assert_eq!(codec.encode(&short, B).unwrap().len(), token.len());
         let empty = Claims { endpoint: Vec::new(), ..claims() };
         assert_eq!(codec.decode(&codec.encode(&empty, B).unwrap(), B), Some(empty));
+    }
+
+    #[test]
+    fn tokens_of_the_first_implementation_still_open() {
+        // Sealed by the first implementation (heap buffers); clients hold such tokens.
+        let codec = SealedCodec::new([[1u8; 32]]).unwrap();
+        let known: [(&[u8], &str); 3] = [
+            (
+                b"127.0.0.1:9001",
+                "AV89C0oYPaykiCXLqEcjcnDpKL89184u1E6fAoAtdc2bGYqP55Qp3kLgOwNEJnYpHTxHOei1GK2mTJ5HzJ1G9mT76RKl66S6vhg",
+            ),
+            (
+                b"",
+                "AV_nUCJ9EPBFAWtJABLoUibyqDT_J6q7oCjRvJilR4fAGA_yZke45lDQeTkI1g68s7ZU9y154SPYtR96drnXN2EeBPqWzNKzMYo",
+            ),
+            (
+                &[b'x'; 40],
+                "AV-KkWO636p_T5pkuiCOaV2kWj88PowccNeTazsZfxjDFVqfoFBPBkKho_LusEacBPGb1fTEDGI8yojHMBuRen3DdDCxy1pf-LghZO7pXpSqr6TCkyYUF_1Q_x9niIB7csJqsGTIQYdoKA",
+            ),
+        ];
+        for (endpoint, token) in known {
+            let claims = Claims { endpoint: endpoint.to_vec(), ..claims() };
+            assert_eq!(codec.decode(token, B), Some(claims.clone()));
+            // And new tokens have the same length and layout.
+            assert_eq!(codec.encode(&claims, B).unwrap().len(), token.len());
+        }
+        // A binding too long for the stack buffer works the same way.
+        let long = "r/".repeat(200);
+        let binding = Binding { name: "s", scope: &long };
+        let token = codec.encode(&claims(), binding).unwrap();
+        assert_eq!(codec.decode(&token, binding), Some(claims()));
+        assert_eq!(codec.decode(&token, Binding { name: "s", scope: &long[1..] }), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The signed codec: a keyed MAC over the whole token, with the endpoint's key encrypted.
 
 use std::fmt;
+use std::sync::{Mutex, TryLockError};
 
+use aes_siv::Tag;
 use aes_siv::aead::KeyInit;
 use aes_siv::siv::Aes128Siv;
 use base64::Engine as _;
@@ -20,6 +22,8 @@ const TAG_LEN: usize = 16;
 const LABEL: &[u8] = b"tower-session-persistence/signed/v1";
 /// Work per request stays bounded whatever a client sends.
 const MAX_TOKEN_LEN: usize = 1024;
+/// The most bytes a token of `MAX_TOKEN_LEN` characters holds.
+const MAX_RAW_LEN: usize = MAX_TOKEN_LEN * 3 / 4;
 
 /// Signed tokens: tamper-evident, replica-safe, and opaque about the endpoint.
 ///
@@ -46,9 +50,40 @@ const MAX_TOKEN_LEN: usize = 1024;
 /// assert_eq!(codec.decode(&token, Binding { name: "shop", scope: "default/shop/1" }), None);
 /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
 /// ```
-#[derive(Clone)]
 pub struct SignedCodec {
-    keys: Vec<[u8; 32]>,
+    keys: Vec<SigningKey>,
+}
+
+/// One derived key, and a cipher made from it, kept for reuse: making one costs two AES key
+/// schedules and a CMAC subkey, a good part of a token's cost.
+struct SigningKey {
+    key: [u8; 32],
+    ready: Mutex<Aes128Siv>,
+}
+
+impl SigningKey {
+    fn new(key: [u8; 32]) -> Self {
+        Self { key, ready: Mutex::new(Aes128Siv::new(&key.into())) }
+    }
+
+    /// Runs `f` with the kept cipher when no other thread is using it, else with a new one:
+    /// never waits. Every use of the cipher starts from its reset state (`s2v` finishes each
+    /// MAC with a reset), so a kept cipher behaves exactly as a new one.
+    fn with<T>(&self, f: impl FnOnce(&mut Aes128Siv) -> T) -> T {
+        match self.ready.try_lock() {
+            Ok(mut cipher) => f(&mut cipher),
+            // In use, or poisoned by a panic in the middle of a use: a fresh one.
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
+                f(&mut Aes128Siv::new(&self.key.into()))
+            }
+        }
+    }
+}
+
+impl Clone for SignedCodec {
+    fn clone(&self) -> Self {
+        Self { keys: self.keys.iter().map(|k| SigningKey::new(k.key)).collect() }
+    }
 }
 
 impl fmt::Debug for SignedCodec {
@@ -83,16 +118,12 @@ impl SignedCodec {
             Hkdf::<Sha256>::new(Some(LABEL), key)
                 .expand(b"aes-128-siv", &mut okm)
                 .expect("32 bytes is a valid HKDF-SHA256 output length");
-            derived.push(okm);
+            derived.push(SigningKey::new(okm));
         }
         if derived.is_empty() {
             return Err(PolicyError::new("keys", "at least one key is required"));
         }
         Ok(Self { keys: derived })
-    }
-
-    fn cipher(key: &[u8; 32]) -> Aes128Siv {
-        Aes128Siv::new(key.into())
     }
 }
 
@@ -107,36 +138,66 @@ fn seconds(time: u64) -> [u8; 4] {
 
 impl Codec for SignedCodec {
     fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String> {
-        let mut header = [0u8; HEADER_LEN];
+        let endpoint = &claims.endpoint;
+        let raw_len = HEADER_LEN + TAG_LEN + endpoint.len();
+        // Never write a token that `decode` would refuse for its length.
+        if raw_len.checked_mul(4)?.div_ceil(3) > MAX_TOKEN_LEN {
+            return None;
+        }
+        // `version ‖ issued ‖ refreshed ‖ tag ‖ ciphertext`, built in place on the stack.
+        let mut raw = [0u8; MAX_RAW_LEN];
+        let raw = &mut raw[..raw_len];
+        let (header, sealed) = raw.split_at_mut(HEADER_LEN);
         header[0] = VERSION;
         header[1..5].copy_from_slice(&seconds(claims.issued.unwrap_or(0)));
         header[5..9].copy_from_slice(&seconds(claims.refreshed.unwrap_or(0)));
-        let sealed = Self::cipher(&self.keys[0])
-            .encrypt(associated_data(&header, binding), &claims.endpoint)
+        let (tag, ciphertext) = sealed.split_at_mut(TAG_LEN);
+        ciphertext.copy_from_slice(endpoint);
+        let siv = self.keys[0]
+            .with(|cipher| {
+                cipher.encrypt_inout_detached(associated_data(header, binding), ciphertext.into())
+            })
             .expect("AES-SIV takes any plaintext with four associated data items");
-        let mut bytes = Vec::with_capacity(HEADER_LEN + sealed.len());
-        bytes.extend_from_slice(&header);
-        bytes.extend_from_slice(&sealed);
-        // Never write a token that `decode` would refuse for its length.
-        Some(URL_SAFE_NO_PAD.encode(bytes)).filter(|token| token.len() <= MAX_TOKEN_LEN)
+        tag.copy_from_slice(&siv);
+        Some(URL_SAFE_NO_PAD.encode(raw))
     }
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
         if token.len() > MAX_TOKEN_LEN {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(token).ok()?;
-        if bytes.len() < HEADER_LEN + TAG_LEN || bytes[0] != VERSION {
+        let mut raw = [0u8; MAX_TOKEN_LEN];
+        let len = URL_SAFE_NO_PAD.decode_slice(token, &mut raw).ok()?;
+        let raw = &raw[..len];
+        if raw.len() < HEADER_LEN + TAG_LEN || raw[0] != VERSION {
             return None;
         }
-        let (header, sealed) = bytes.split_at(HEADER_LEN);
-        let endpoint = self.keys.iter().find_map(|key| {
-            Self::cipher(key).decrypt(associated_data(header, binding), sealed).ok()
+        let (header, sealed) = raw.split_at(HEADER_LEN);
+        let (tag, ciphertext) = sealed.split_at(TAG_LEN);
+        let tag = Tag::try_from(tag).ok()?;
+        let mut plain = [0u8; MAX_RAW_LEN];
+        let plain = &mut plain[..ciphertext.len()];
+        // The tag is checked in constant time by the `aes-siv` crate.
+        self.keys.iter().find(|key| {
+            plain.copy_from_slice(ciphertext);
+            key.with(|cipher| {
+                cipher
+                    .decrypt_inout_detached(
+                        associated_data(header, binding),
+                        (&mut *plain).into(),
+                        &tag,
+                    )
+                    .is_ok()
+            })
         })?;
         let time = |range: std::ops::Range<usize>| {
             u64::from(u32::from_be_bytes(header[range].try_into().expect("4 bytes")))
         };
-        Some(Claims { endpoint, issued: Some(time(1..5)), refreshed: Some(time(5..9)) })
+        Some(Claims {
+            endpoint: plain.to_vec(),
+            issued: Some(time(1..5)),
+            refreshed: Some(time(5..9)),
+        })
     }
 }
 
@@ -171,6 +232,32 @@ mod tests {
         let longest = Claims { endpoint: vec![b'x'; 743], ..claims() };
         assert_eq!(codec.decode(&codec.encode(&longest, B).unwrap(), B), Some(longest));
         assert_eq!(codec.encode(&Claims { endpoint: vec![b'x'; 744], ..claims() }, B), None);
+    }
+
+    #[test]
+    fn tokens_keep_their_format() {
+        // Written by the first implementation (a new cipher per call, allocating): tokens in
+        // clients' hands must keep verifying, and new ones must be byte-identical.
+        let codec = SignedCodec::new([[1u8; 32]]).unwrap();
+        let known: [(&[u8], &str); 3] = [
+            (b"127.0.0.1:9001", "AWtJ0gBrSdJk10EIMcl6Ak-I43YStlxrF8o13X981sjYfaOle_6I"),
+            (b"", "AWtJ0gBrSdJk_zzoEXbIXgt8J1vHcgExXA"),
+            (
+                b"abcdefghijklmnopqrstuvwxyz0123456789",
+                "AWtJ0gBrSdJk_hn4HLaGPSwdpVb9NL6g5TH62omBAaEsHVlDWFVoUumeUL6xA3RjkvGeDg9ih_s_-DFR4g",
+            ),
+        ];
+        for (endpoint, token) in known {
+            let claims = Claims { endpoint: endpoint.to_vec(), ..claims() };
+            assert_eq!(codec.encode(&claims, B).as_deref(), Some(token));
+            assert_eq!(codec.decode(token, B), Some(claims));
+        }
+        // A clone, and a cipher in use by another caller, change nothing.
+        let clone = codec.clone();
+        let _busy = codec.keys[0].ready.lock().unwrap();
+        assert_eq!(clone.encode(&claims(), B).as_deref(), Some(known[0].1));
+        assert_eq!(codec.encode(&claims(), B).as_deref(), Some(known[0].1));
+        assert_eq!(codec.decode(known[0].1, B), Some(claims()));
     }
 
     #[test]

@@ -190,6 +190,7 @@ mod upgrade;
 
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -197,8 +198,21 @@ use tracing_subscriber::EnvFilter;
 use crate::config::Plan;
 use crate::stack::Gateway;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // This thread runs the control runtime: startup, signals, configuration changes and the
+    // demo's backends. Requests are served by one thread per core, each with a runtime of its
+    // own (`server::Workers`).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(control())
+}
+
+async fn control() -> ExitCode {
     let args = match cli::parse(std::env::args().skip(1)) {
         Ok(args) => args,
         Err(message) => {
@@ -288,14 +302,18 @@ async fn run(
     if plan.rules.is_empty() {
         tracing::warn!("no routes configured: every request gets 404");
     }
-    let client = proxy::client(plan.timeout);
-    let gateway = Gateway::new(&plan, &client);
-    if !gateway.ready(Duration::from_secs(5)).await {
-        return Err("the balancers did not take their endpoints within 5 s".into());
-    }
-    let listener = server::bind(plan.listen).await?;
-    let addr =
-        listener.local_addr().map_err(|err| format!("cannot read the listen address: {err}"))?;
+    let listeners = server::bind(plan.listen, server::threads()).await?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(|err| format!("cannot read the listen address: {err}"))?;
+    let plan = Arc::new(plan);
+    let shared = plan.clone();
+    let workers = server::Workers::start(
+        listeners,
+        move || Gateway::new(&shared, &proxy::client(shared.timeout)),
+        Duration::from_secs(5),
+    )
+    .await?;
     let url = format!("http://{addr}");
     {
         // One stable line first: scripts wait for it. Then, in demo mode, how to try it.
@@ -311,10 +329,11 @@ async fn run(
             .and_then(|()| stdout.flush())
             .map_err(|err| format!("cannot write to stdout: {err}"))?;
     }
-    tracing::info!(%addr, rules = plan.rules.len(), "gateway started");
+    let threads = workers.gateways.len();
+    tracing::info!(%addr, rules = plan.rules.len(), threads, "gateway started");
     if let Some(path) = config {
-        tokio::spawn(reload::watch(path, gateway.clone()));
+        tokio::spawn(reload::watch(path, workers.gateways.clone()));
     }
-    server::serve(listener, gateway, server::shutdown_signal()).await;
+    workers.serve_until(server::shutdown_signal()).await;
     Ok(())
 }

@@ -15,8 +15,8 @@ use crate::stack::Gateway;
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Watches `path` and applies its changes to `gateway`, forever.
-pub(crate) async fn watch(path: PathBuf, gateway: Gateway) {
+/// Watches `path` and applies its changes to `gateways` (one per serving thread), forever.
+pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>) {
     let mut last = std::fs::read_to_string(&path).ok();
     let mut hangup = hangup();
     let mut tick = tokio::time::interval(POLL);
@@ -39,7 +39,12 @@ pub(crate) async fn watch(path: PathBuf, gateway: Gateway) {
         last = Some(text.clone());
         match config::parse(&text) {
             Ok(plan) => {
-                let applied = gateway.apply(&plan);
+                // Every thread's gateway runs the same configuration: the same changes.
+                let mut applied = None;
+                for gateway in &gateways {
+                    applied = Some(gateway.apply(&plan));
+                }
+                let Some(applied) = applied else { continue };
                 tracing::info!(
                     added = applied.added,
                     removed = applied.removed,

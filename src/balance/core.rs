@@ -23,9 +23,9 @@ use tower::balance::p2c::Balance;
 use tower_service::Service;
 
 use super::affinity::{self, AffinityKey};
-use super::discover::{DiscoverReceiver, DiscoverSender};
 use super::endpoint::{Endpoint, Gated, GatedFuture, Health};
 use super::failure::Replay;
+use super::feed::{FeedReceiver, FeedSender, feed};
 use super::state::EndpointState;
 use super::weights::WeightedPicker;
 use crate::{EndpointKey, OnUnavailable};
@@ -52,8 +52,7 @@ pub(crate) type WaitingForRoom<K, S, B> =
     Pin<Box<dyn Future<Output = Result<oneshot::Receiver<Dispatched<K, S, B>>, BoxError>> + Send>>;
 
 /// The receiving ends of one group: its p2c balancer's discovery and its request queue.
-pub(crate) type GroupEnds<K, S, B> =
-    (DiscoverReceiver<K, Gated<K, S>>, mpsc::Receiver<Msg<K, S, B>>);
+pub(crate) type GroupEnds<K, S, B> = (FeedReceiver<K, Gated<K, S>>, mpsc::Receiver<Msg<K, S, B>>);
 
 /// How a balanced request got into its group's queue.
 pub(crate) enum Enqueued<K, S, B>
@@ -130,7 +129,7 @@ where
     weight: AtomicU64,
     /// How many endpoints may take new sessions now (the length of its member list).
     eligible: AtomicUsize,
-    p2c: DiscoverSender<K, Gated<K, S>>,
+    p2c: FeedSender<K, Gated<K, S>>,
     queue: mpsc::Sender<Msg<K, S, B>>,
 }
 
@@ -213,7 +212,7 @@ where
         let mut groups = Vec::with_capacity(weights.len());
         let mut ends = Vec::with_capacity(weights.len());
         for &weight in weights {
-            let (p2c, discover) = super::discover::discover_channel();
+            let (p2c, discover) = feed();
             let (queue, requests) = mpsc::channel(capacity);
             groups.push(Group {
                 weight: AtomicU64::new(weight),
@@ -472,7 +471,7 @@ where
 /// at a time, each as soon as p2c has a ready endpoint, or fails the request with
 /// [`NoEndpoints`] at its deadline. Ends when every handle of the balancer is gone.
 pub(crate) async fn dispatch<K, S, B, RB>(
-    mut balance: Balance<DiscoverReceiver<K, Gated<K, S>>, Request<B>>,
+    mut balance: Balance<FeedReceiver<K, Gated<K, S>>, Request<B>>,
     mut queue: mpsc::Receiver<Msg<K, S, B>>,
 ) where
     K: EndpointKey,

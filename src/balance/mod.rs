@@ -57,6 +57,7 @@ mod core;
 mod discover;
 mod endpoint;
 mod failure;
+mod feed;
 mod future;
 mod state;
 mod weights;

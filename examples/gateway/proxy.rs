@@ -46,26 +46,26 @@ impl std::error::Error for UpstreamTimeout {}
 /// Builds the client: one connection pool for all endpoints, keeping the `Host` header the
 /// request carries (`set_host` only fills it in when it is missing).
 pub(crate) fn client(connect_timeout: Option<Duration>) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(connect_timeout);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .set_host(true)
-        .build(connector)
+    builder().build(connector(connect_timeout))
 }
 
 /// Builds a client that speaks HTTP/2 with prior knowledge (h2c) to its endpoints: gRPC
 /// backends, Services whose port has `appProtocol: kubernetes.io/h2c`.
 pub(crate) fn h2c_client(connect_timeout: Option<Duration>) -> HttpClient {
+    builder().http2_only(true).build(connector(connect_timeout))
+}
+
+fn connector(connect_timeout: Option<Duration>) -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(connect_timeout);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .http2_only(true)
-        .set_host(true)
-        .build(connector)
+    connector
+}
+
+fn builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(30)).set_host(true);
+    builder
 }
 
 /// Forwards requests to one endpoint.

@@ -134,6 +134,16 @@ pub(crate) fn set_cookie_value(
     HeaderValue::try_from(text).ok()
 }
 
+/// Our cookie's value, removed from the request when `indirect` (insert and rewrite alike).
+fn read(policy: &SessionPolicy, req: &mut request::Parts, indirect: bool) -> Option<String> {
+    if indirect {
+        // Found and removed in one pass.
+        cookies::take(&mut req.headers, policy.name())
+    } else {
+        cookies::find(&req.headers, policy.name()).map(str::to_owned)
+    }
+}
+
 fn cookie_attributes(policy: &SessionPolicy) -> CookieAttributes {
     match policy.carrier() {
         Carrier::Cookie(attributes) => attributes.clone(),
@@ -143,12 +153,7 @@ fn cookie_attributes(policy: &SessionPolicy) -> CookieAttributes {
 
 impl Strategy for Insert {
     fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        if self.indirect {
-            // Found and removed in one pass.
-            cookies::take(&mut req.headers, policy.name())
-        } else {
-            cookies::find(&req.headers, policy.name()).map(str::to_owned)
-        }
+        read(policy, req, self.indirect)
     }
 
     fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
@@ -228,12 +233,7 @@ impl Rewrite {
 
 impl Strategy for Rewrite {
     fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        if self.indirect {
-            // Found and removed in one pass.
-            cookies::take(&mut req.headers, policy.name())
-        } else {
-            cookies::find(&req.headers, policy.name()).map(str::to_owned)
-        }
+        read(policy, req, self.indirect)
     }
 
     fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {

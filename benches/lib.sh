@@ -1,0 +1,123 @@
+# Helpers shared by the load scripts in benches/ (sourced, not run).
+#
+# Everything started here is recorded with `started PID` and stopped by PID when the script
+# exits; everything listens on loopback addresses only.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/tsp-bench.XXXXXX")"
+PIDS=()
+
+started() { PIDS+=("$1"); }
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+
+# Installs Debian packages that are missing (as root, or with sudo).
+need_packages() {
+    local missing=()
+    local cmd pkg
+    while [ $# -gt 0 ]; do
+        cmd="$1" pkg="$2"
+        shift 2
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]} from Debian's packages"
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Sets PORT to a loopback TCP port that no socket uses (and that this script has not handed out
+# yet), below the range the system picks ephemeral ports from.
+TAKEN=" "
+free_port() {
+    local low
+    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    while :; do
+        PORT=$((10000 + RANDOM % (low - 10000)))
+        case "$TAKEN" in *" $PORT "*) continue ;; esac
+        if ! ss -Htan "sport = :$PORT" | grep -q .; then
+            TAKEN="$TAKEN$PORT "
+            return
+        fi
+    done
+}
+
+# Waits until something accepts connections on 127.0.0.1:PORT.
+wait_port() {
+    local port="$1" i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    log "nothing listens on 127.0.0.1:$port"
+    return 1
+}
+
+# Builds the release binaries the scripts run.
+build() {
+    log "building the release gateway and bench backend"
+    (cd "$ROOT" && cargo build --release --quiet --example gateway --example bench_backend)
+    GATEWAY="$ROOT/target/release/examples/gateway"
+    BACKEND="$ROOT/target/release/examples/bench_backend"
+}
+
+# Starts the bench backends on the given ports; waits until they listen.
+start_backends() {
+    local args=() port
+    for port in "$@"; do args+=("127.0.0.1:$port"); done
+    "$BACKEND" "${args[@]}" >"$WORK/backends.out" 2>&1 &
+    started $!
+    for port in "$@"; do
+        wait_port "$port" || { cat "$WORK/backends.out" >&2; return 1; }
+    done
+}
+
+# Starts the gateway with a config file; waits for its `listening on` line.
+# Sets GATEWAY_PID.
+start_gateway() {
+    local config="$1" name="$2"
+    RUST_LOG="${GATEWAY_LOG:-warn}" "$GATEWAY" --config "$config" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    GATEWAY_PID=$!
+    started "$GATEWAY_PID"
+    local i
+    for i in $(seq 1 200); do
+        grep -q '^listening on ' "$WORK/$name.out" 2>/dev/null && return 0
+        kill -0 "$GATEWAY_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "the gateway ($name) did not start:"
+    cat "$WORK/$name.err" >&2
+    return 1
+}
+
+# The machine, for the record.
+machine() {
+    echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), nproc $(nproc)"
+    echo "kernel: $(uname -sr); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "rustc: $(rustc -V 2>/dev/null || echo '?')"
+}
+
+# CPU time (user + system) of a process and its threads, in clock ticks.
+cpu_ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}

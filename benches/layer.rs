@@ -134,7 +134,7 @@ fn tokens(c: &mut Criterion) {
 }
 
 fn cookie_header(c: &mut Criterion) {
-    use tower_session_persistence::__private::{find_cookie, strip_cookie};
+    use tower_session_persistence::__private::{find_cookie, strip_cookie, take_cookie};
     let mut group = c.benchmark_group("cookie header");
     for n in [1usize, 10, 50] {
         // Ours sits in the middle of n cookies.
@@ -159,6 +159,24 @@ fn cookie_header(c: &mut Criterion) {
                 criterion::BatchSize::SmallInput,
             )
         });
+        // What the layer does (insert, indirect): both in one pass.
+        group.bench_function(BenchmarkId::new("take", n), |b| {
+            b.iter_batched_ref(
+                || headers.clone(),
+                |h| black_box(take_cookie(h, "sid")),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+        // A request without our cookie: nothing to strip.
+        let mut others = HeaderMap::new();
+        let without: Vec<&String> = pairs.iter().filter(|p| !p.starts_with("sid=")).collect();
+        if !without.is_empty() {
+            let joined: Vec<&str> = without.iter().map(|p| p.as_str()).collect();
+            others.insert(COOKIE, HeaderValue::from_str(&joined.join("; ")).unwrap());
+            group.bench_function(BenchmarkId::new("take, not there", n), |b| {
+                b.iter(|| black_box(take_cookie(black_box(&mut others), "sid")))
+            });
+        }
     }
     group.finish();
 }

@@ -121,7 +121,9 @@ pub use self::endpoint_key::EndpointKey;
 /// Internals exposed for the crate's own benchmarks and fuzz targets; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::carrier::cookie::{find as find_cookie, strip as strip_cookie};
+    pub use crate::carrier::cookie::{
+        find as find_cookie, strip as strip_cookie, take as take_cookie,
+    };
 }
 pub use self::layer::{Decision, SessionPersistence, SessionPersistenceLayer};
 pub use self::seam::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};

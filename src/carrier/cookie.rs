@@ -81,7 +81,7 @@ pub(crate) fn unquote(value: &str) -> &str {
 
 /// Finds the first cookie named `name` (as [`find`]) and removes every cookie of that name
 /// (as [`strip`]), in one pass over the header.
-pub(crate) fn take(headers: &mut HeaderMap, name: &str) -> Option<String> {
+pub fn take(headers: &mut HeaderMap, name: &str) -> Option<String> {
     let mut first = None;
     edit(headers, name, |value| {
         if first.is_none() {

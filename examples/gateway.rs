@@ -188,6 +188,11 @@ mod stack;
 #[path = "gateway/upgrade.rs"]
 mod upgrade;
 
+/// mimalloc rather than the system's allocator: the gateway allocates and frees small buffers
+/// on every request, and with glibc's malloc that was 14% of its CPU (`docs/BENCHMARKS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -31,20 +31,30 @@ pub(crate) struct Entry {
     rule: Option<String>,
 }
 
+/// Whether access-log lines are written (`RUST_LOG` lets the `access` target through). When
+/// they are not, nothing is measured or copied for them.
+pub(crate) fn enabled() -> bool {
+    tracing::enabled!(target: "access", tracing::Level::INFO)
+}
+
 impl Entry {
-    pub(crate) fn start<B>(req: &Request<B>, rule: Option<String>) -> Self {
+    /// What the line will say about `req`; `None` when the access log is off.
+    pub(crate) fn start<B>(req: &Request<B>, rule: Option<&str>) -> Option<Self> {
+        if !enabled() {
+            return None;
+        }
         let client = req
             .extensions()
             .get::<ClientAddr>()
             .map_or_else(|| "-".to_owned(), |addr| addr.0.ip().to_canonical().to_string());
-        Self {
+        Some(Self {
             started: Instant::now(),
             client,
             method: req.method().clone(),
             path: loggable_path(req.uri().path()),
             version: req.version(),
-            rule,
-        }
+            rule: rule.map(str::to_owned),
+        })
     }
 
     fn finish<B>(&self, res: &Response<B>) {
@@ -82,12 +92,12 @@ pin_project! {
     pub(crate) struct Logged<F> {
         #[pin]
         inner: F,
-        entry: Entry,
+        entry: Option<Entry>,
     }
 }
 
 impl<F> Logged<F> {
-    pub(crate) fn new(inner: F, entry: Entry) -> Self {
+    pub(crate) fn new(inner: F, entry: Option<Entry>) -> Self {
         Self { inner, entry }
     }
 }
@@ -101,8 +111,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let Ok(res) = &result {
-            this.entry.finish(res);
+        if let (Ok(res), Some(entry)) = (&result, this.entry.as_ref()) {
+            entry.finish(res);
         }
         Poll::Ready(result)
     }

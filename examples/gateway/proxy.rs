@@ -210,6 +210,11 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), and those `Connection` names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none (and nothing else is named without `Connection`): one look at
+    // each name instead of seven removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -231,6 +236,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is one of the hop-by-hop headers [`strip_hop_by_hop`] always removes.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [header::CONNECTION, header::TE, header::TRAILER, header::TRANSFER_ENCODING, header::UPGRADE]
+        .contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
 }
 
 /// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).

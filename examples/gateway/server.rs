@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use futures_util::future::Either;
 use http::Request;
 use http::header::{COOKIE, HeaderName, SET_COOKIE};
 use hyper::body::Incoming;
@@ -36,6 +37,7 @@ use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
 use tower_http::trace::TraceLayer;
+use tracing::Level;
 
 use crate::proxy::ClientAddr;
 use crate::stack::Gateway;
@@ -195,6 +197,11 @@ async fn serve(
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     let sensitive: Arc<[HeaderName]> = Arc::new([COOKIE, SET_COOKIE]);
+    // `RUST_LOG` is read once: without its debug events, the trace layer would only cost time.
+    let traced = tracing::enabled!(target: "tower_http::trace::make_span", Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_request", Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_response", Level::DEBUG)
+        || tracing::enabled!(target: "tower_http::trace::on_eos", Level::DEBUG);
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -212,9 +219,9 @@ async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive.clone()))
-            .layer(TraceLayer::new_for_http().on_failure(()))
+        // Session tokens travel in these headers: marked sensitive, they stay out of traces
+        // and out of HTTP/2 header compression tables.
+        let inner = ServiceBuilder::new()
             .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive.clone()))
             .map_request(move |req: Request<Incoming>| {
                 let mut req = req.map(Body::new);
@@ -222,11 +229,19 @@ async fn serve(
                 req
             })
             .service(gateway.clone());
-        let connection = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service),
-        );
-        let connection = graceful.watch(connection.into_owned());
+        let outer = ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive.clone()));
+        let io = TokioIo::new(stream);
+        let connection = if traced {
+            let service = outer.layer(TraceLayer::new_for_http().on_failure(())).service(inner);
+            let connection =
+                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            Either::Left(graceful.watch(connection.into_owned()))
+        } else {
+            let connection = builder
+                .serve_connection_with_upgrades(io, TowerToHyperService::new(outer.service(inner)));
+            Either::Right(graceful.watch(connection.into_owned()))
+        };
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, client = %remote, "connection ended with an error");

@@ -322,7 +322,10 @@ where
         async move {
             Ok::<_, Infallible>(match service.oneshot(req).await {
                 Ok(mut res) => {
-                    if let Some(ServedBy(key)) = res.extensions().get::<ServedBy<Key>>().cloned() {
+                    if access_log::enabled()
+                        && let Some(ServedBy(key)) =
+                            res.extensions().get::<ServedBy<Key>>().cloned()
+                    {
                         res.extensions_mut().insert(ServedByEndpoint(key));
                     }
                     res
@@ -355,7 +358,7 @@ impl Service<Request<Body>> for Gateway {
             .or_else(|| req.uri().host())
             .map(normalize_host);
         let rule = self.table.find(host.as_deref(), req.uri().path());
-        let entry = access_log::Entry::start(&req, rule.map(|rule| rule.scope.clone()));
+        let entry = access_log::Entry::start(&req, rule.map(|rule| rule.scope.as_str()));
         let future = match rule {
             Some(rule) => futures_util::future::Either::Left(rule.service.clone().oneshot(req)),
             None => futures_util::future::Either::Right(std::future::ready(Ok(failure::text(

@@ -175,6 +175,8 @@ mod demo;
 mod failure;
 #[path = "gateway/persistence.rs"]
 mod persistence;
+#[path = "gateway/pool.rs"]
+mod pool;
 #[path = "gateway/proxy.rs"]
 mod proxy;
 #[path = "gateway/reload.rs"]

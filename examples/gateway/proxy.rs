@@ -4,7 +4,8 @@
 //! This is what the balancer holds for each endpoint. It rewrites the URI to the endpoint,
 //! keeps the client's `Host`, removes hop-by-hop headers both ways, adds the `X-Forwarded-*`
 //! headers, and bounds the wait for the response head. Bodies are streamed, never collected;
-//! protocol upgrades are handed to the [`upgrade`] module.
+//! protocol upgrades are handed to the [`upgrade`] module. HTTP/1.1 endpoints are reached over
+//! the connections of their own [`pool`](crate::pool); h2c endpoints over hyper-util's client.
 
 use std::fmt;
 use std::future::Future;
@@ -22,10 +23,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::{BoxError, Service};
 
+use crate::pool::Pool;
 use crate::upgrade;
 
-/// The shared HTTP/1.1 client every endpoint sends with.
-pub(crate) type HttpClient = Client<HttpConnector, Body>;
+/// What HTTP/1.1 endpoints are made with: each gets its own connection pool, with this connect
+/// timeout.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpClient {
+    connect_timeout: Option<Duration>,
+}
+
+/// The client of h2c endpoints: one multiplexed connection per endpoint.
+pub(crate) type H2cClient = Client<HttpConnector, Body>;
 
 /// The address of the client that sent a request, put into its extensions by the server.
 #[derive(Clone, Copy, Debug)]
@@ -43,15 +52,14 @@ impl fmt::Display for UpstreamTimeout {
 
 impl std::error::Error for UpstreamTimeout {}
 
-/// Builds the client: one connection pool for all endpoints, keeping the `Host` header the
-/// request carries (`set_host` only fills it in when it is missing).
+/// What HTTP/1.1 endpoints are made with, for one serving thread.
 pub(crate) fn client(connect_timeout: Option<Duration>) -> HttpClient {
-    builder().build(connector(connect_timeout))
+    HttpClient { connect_timeout }
 }
 
 /// Builds a client that speaks HTTP/2 with prior knowledge (h2c) to its endpoints: gRPC
 /// backends, Services whose port has `appProtocol: kubernetes.io/h2c`.
-pub(crate) fn h2c_client(connect_timeout: Option<Duration>) -> HttpClient {
+pub(crate) fn h2c_client(connect_timeout: Option<Duration>) -> H2cClient {
     builder().http2_only(true).build(connector(connect_timeout))
 }
 
@@ -62,6 +70,8 @@ fn connector(connect_timeout: Option<Duration>) -> HttpConnector {
     connector
 }
 
+/// Keeps the `Host` header the request carries (`set_host` only fills it in when it is
+/// missing).
 fn builder() -> hyper_util::client::legacy::Builder {
     let mut builder = Client::builder(TokioExecutor::new());
     builder.pool_idle_timeout(Duration::from_secs(30)).set_host(true);
@@ -72,10 +82,17 @@ fn builder() -> hyper_util::client::legacy::Builder {
 #[derive(Clone)]
 pub(crate) struct Upstream {
     authority: Authority,
-    client: HttpClient,
+    sender: Sender,
     timeout: Option<Duration>,
     /// Whether the endpoint speaks HTTP/2 (h2c); otherwise HTTP/1.1.
     h2: bool,
+}
+
+/// How an endpoint's requests are sent.
+#[derive(Clone)]
+enum Sender {
+    Http1(Pool),
+    H2c(Box<H2cClient>),
 }
 
 impl fmt::Debug for Upstream {
@@ -88,12 +105,15 @@ impl Upstream {
     pub(crate) fn new(addr: SocketAddr, client: HttpClient, timeout: Option<Duration>) -> Self {
         let authority =
             Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
-        Self { authority, client, timeout, h2: false }
+        let sender = Sender::Http1(Pool::new(addr, client.connect_timeout));
+        Self { authority, sender, timeout, h2: false }
     }
 
     /// The same, for an endpoint that speaks h2c; `client` must be an [`h2c_client`].
-    pub(crate) fn h2c(addr: SocketAddr, client: HttpClient, timeout: Option<Duration>) -> Self {
-        Self { h2: true, ..Self::new(addr, client, timeout) }
+    pub(crate) fn h2c(addr: SocketAddr, client: H2cClient, timeout: Option<Duration>) -> Self {
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
+        Self { authority, sender: Sender::H2c(Box::new(client)), timeout, h2: true }
     }
 }
 
@@ -105,7 +125,7 @@ impl Service<Request<Body>> for Upstream {
     type Future = BoxFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The legacy client is always ready; it queues on its pool.
+        // Always ready: a request waits for a connection in its own future.
         Poll::Ready(Ok(()))
     }
 
@@ -124,7 +144,19 @@ impl Service<Request<Body>> for Upstream {
             }
             Err(err) => return Box::pin(std::future::ready(Err(err))),
         };
-        let sent = self.client.request(req);
+        let sent = match &self.sender {
+            Sender::Http1(pool) => {
+                let (pool, mut req) = (pool.clone(), req);
+                origin_form(&mut req, &self.authority);
+                futures_util::future::Either::Left(async move { pool.send(req).await })
+            }
+            Sender::H2c(client) => {
+                let sent = client.request(req);
+                futures_util::future::Either::Right(async move {
+                    Ok::<_, BoxError>(sent.await?.map(Body::new))
+                })
+            }
+        };
         let timeout = self.timeout;
         Box::pin(async move {
             let mut res = match timeout {
@@ -141,13 +173,31 @@ impl Service<Request<Body>> for Upstream {
                 }
                 _ => None,
             };
-            let mut res = res.map(Body::new);
             strip_hop_by_hop(res.headers_mut());
             if let Some(protocol) = switched {
                 upgrade::restore(res.headers_mut(), protocol);
             }
             Ok(res)
         })
+    }
+}
+
+/// What hyper-util's client did before writing an HTTP/1.1 request: a `Host` when there is
+/// none, and the request target in origin-form (authority-form for `CONNECT`).
+fn origin_form(req: &mut Request<Body>, authority: &Authority) {
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let mut parts = http::uri::Parts::default();
+    if req.method() == http::Method::CONNECT {
+        parts.authority = Some(authority.clone());
+    } else {
+        parts.path_and_query = req.uri().path_and_query().cloned();
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
     }
 }
 

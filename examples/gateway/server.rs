@@ -1,17 +1,17 @@
 //! The listeners: one serving thread per core, each with its own single-threaded tokio
 //! runtime, its own listening socket (`SO_REUSEPORT`: the kernel spreads new connections over
-//! them) and its own [`Gateway`] (balancers, connection pools). Each thread accepts
-//! connections, speaks HTTP/1.1 (with upgrades) and h2c on them, tells the gateway who the
-//! client is, and shuts down gracefully.
+//! them) and its own [`Gateway`] (balancers, connection pools), pinned to its core. Each thread
+//! accepts connections, speaks HTTP/1.1 (with upgrades) and h2c on them, tells the gateway who
+//! the client is, and shuts down gracefully.
 //!
 //! Why this shape: a connection, its requests, its upstream connections and the balancer's
 //! tasks all live on one thread, so a request never waits for a wake-up from another thread
 //! and no lock is shared between cores (`docs/BENCHMARKS.md` has the measurements against one
-//! multi-threaded runtime). Sessions stay sticky
-//! whichever thread takes a connection: tokens are stateless and every thread's gateway is
-//! built from the same configuration and keys. What each thread learns about endpoints at run
-//! time (an endpoint ejected after a refused connection, p2c's load estimates, a pinned
-//! endpoint in fail-fast) is its own; configuration changes are applied to every thread.
+//! multi-threaded runtime, and with and without pinning). Sessions stay sticky whichever
+//! thread takes a connection: tokens are stateless and every thread's gateway is built from
+//! the same configuration and keys. What each thread learns about endpoints at run time (an
+//! endpoint ejected after a refused connection, p2c's load estimates, a pinned endpoint in
+//! fail-fast) is its own; configuration changes are applied to every thread.
 //!
 //! Requests are traced by tower-http at `debug` level, with `Cookie` and `Set-Cookie` marked
 //! sensitive so that no session token reaches a log.
@@ -105,6 +105,9 @@ impl Workers {
         F: Fn() -> Gateway + Send + Sync + 'static,
     {
         let make = Arc::new(make);
+        // One thread per core this process may use: each stays on its core. (Not when there
+        // are fewer threads than such cores, as under a CPU quota: the system places them.)
+        let cores = core_affinity::get_core_ids().filter(|cores| cores.len() == listeners.len());
         let (stop, stopped) = watch::channel(false);
         let mut ready = Vec::new();
         let mut done = Vec::new();
@@ -115,7 +118,13 @@ impl Workers {
             let (ready_tx, ready_rx) = oneshot::channel::<Result<Gateway, String>>();
             let (done_tx, done_rx) = oneshot::channel();
             let (make, mut stopped) = (make.clone(), stopped.clone());
+            let core = cores.as_ref().map(|cores| cores[index]);
             let serve_one = move || {
+                if let Some(core) = core
+                    && !core_affinity::set_for_current(core)
+                {
+                    tracing::debug!(?core, "cannot pin a serving thread to its core");
+                }
                 let runtime =
                     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(runtime) => runtime,

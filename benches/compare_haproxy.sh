@@ -3,11 +3,11 @@
 #
 #     bash benches/compare_haproxy.sh
 #
-# Builds the release gateway and the bench backend (examples/bench_backend.rs), installs
+# Builds the gateway and the bench backend (examples/bench_backend.rs), installs
 # `haproxy` and `wrk` from Debian's packages when they are missing, and starts on loopback:
 #   * three bench backends (s1, s2, s3; one thread each), shared by every proxy;
-#   * HAProxy (`nbthread 2`) with two listeners over them: `cookie SRV insert indirect nocache`,
-#     and the same without `cookie`;
+#   * HAProxy (`nbthread` = the number of cores, one thread per core) with two listeners over them: `cookie SRV
+#     insert indirect nocache`, and the same without `cookie`;
 #   * the gateway twice: a route with `sessionPersistence` (cookie SRV, insert, indirect,
 #     nocache, the default signed codec), and the same route without it.
 # Then it measures each target with `wrk --latency`, alternately, ROUNDS times, with no
@@ -20,8 +20,9 @@
 #
 # Settings (environment): ROUNDS (3), DURATION (10 seconds per run), CONNECTIONS (50),
 # WRK_THREADS (1), WARMUP (2 seconds per target before the rounds), CODEC (signed; or sealed,
-# plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), TARGETS (a space-separated subset of
-# the target names below).
+# plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), PROFILE (perf: the cargo profile the
+# gateway is built with; or release), TARGETS (a space-separated subset of the target names
+# below).
 
 source "$(dirname "$0")/lib.sh"
 
@@ -45,9 +46,12 @@ free_port; G_PLAIN=$PORT
 
 start_backends "$B1" "$B2" "$B3"
 
+NPROC=$(nproc)
 cat >"$WORK/haproxy.cfg" <<EOF
 global
-    nbthread 2
+    # As many threads as the gateway has serving threads, each on its own core as they are.
+    nbthread $NPROC
+    cpu-map auto:1/1-$NPROC 0-$((NPROC - 1))
     maxconn 4096
 
 defaults
@@ -243,7 +247,7 @@ run_wrk() {
     echo "haproxy: $(haproxy -v | head -n 1)"
     echo "wrk: $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
     echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS WRK_THREADS=$WRK_THREADS CODEC=$CODEC"
-    echo "gateway serving threads: $(cat /proc/"$GW_STICKY_PID"/task/*/comm | grep -c '^gateway-'); HAProxy: nbthread 2"
+    echo "gateway serving threads: $(cat /proc/"$GW_STICKY_PID"/task/*/comm | grep -c '^gateway-'); HAProxy: nbthread $NPROC"
     echo '```'
 } >"$WORK/header"
 

@@ -72,12 +72,16 @@ wait_port() {
     return 1
 }
 
-# Builds the release binaries the scripts run.
+# Builds the binaries the scripts run, with the cargo profile PROFILE: `perf` (the default;
+# the release profile with link-time optimisation, see Cargo.toml) or `release`.
+PROFILE="${PROFILE:-perf}"
 build() {
-    log "building the release gateway and bench backend"
-    (cd "$ROOT" && cargo build --release --quiet --example gateway --example bench_backend)
-    GATEWAY="$ROOT/target/release/examples/gateway"
-    BACKEND="$ROOT/target/release/examples/bench_backend"
+    log "building the gateway and the bench backend (profile $PROFILE)"
+    (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --example gateway --example bench_backend)
+    local dir="$PROFILE"
+    [ "$PROFILE" = dev ] && dir=debug
+    GATEWAY="$ROOT/target/$dir/examples/gateway"
+    BACKEND="$ROOT/target/$dir/examples/bench_backend"
 }
 
 # Starts the bench backends on the given ports; waits until they listen.
@@ -114,7 +118,7 @@ machine() {
     echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), nproc $(nproc)"
     echo "kernel: $(uname -sr); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "rustc: $(rustc -V 2>/dev/null || echo '?')"
+    echo "rustc: $(rustc -V 2>/dev/null || echo '?'); cargo profile: $PROFILE"
 }
 
 # CPU time (user + system) of a process and its threads, in clock ticks.

@@ -4,7 +4,7 @@
 #
 #     bash benches/memory.sh
 #
-# Builds the release gateway and the bench backend, installs `wrk` from Debian's packages when
+# Builds the gateway and the bench backend, installs `wrk` from Debian's packages when
 # it is missing, starts three bench backends and the gateway (one route with cookie session
 # persistence) on loopback, and sends REQUESTS requests (default 1,000,000) twice, none with a
 # cookie, so that every response issues a new session. It reads VmRSS (and VmHWM, the peak)
@@ -14,7 +14,7 @@
 # exits.
 #
 # Settings (environment): REQUESTS (1000000), CONNECTIONS (50), CODEC (sealed; or signed,
-# plain).
+# plain), PROFILE (perf; or release).
 
 source "$(dirname "$0")/lib.sh"
 

@@ -6,20 +6,21 @@
 # Builds the gateway and the bench backend (examples/bench_backend.rs), installs
 # `haproxy` and `wrk` from Debian's packages when they are missing, and starts on loopback:
 #   * three bench backends (s1, s2, s3; one thread each), shared by every proxy;
-#   * HAProxy (`nbthread` = the number of cores, one thread per core) with two listeners over them: `cookie SRV
-#     insert indirect nocache`, and the same without `cookie`;
+#   * HAProxy (`nbthread` = the number of cores, one thread per core) with two listeners over
+#     them: `cookie SRV insert indirect nocache`, and the same without `cookie`;
 #   * the gateway twice: a route with `sessionPersistence` (cookie SRV, insert, indirect,
 #     nocache, the default signed codec), and the same route without it.
 # Then it measures each target with `wrk --latency`, alternately, ROUNDS times, with no
 # cookie (every response sets a new session) and with a valid session cookie on every
-# request (three sessions, one per backend, in turn), and prints requests per second, p50 and
+# request (one session per backend, in turn), and prints requests per second, p50 and
 # p99 latency and the proxy's CPU time per request (medians over the rounds, with the range),
 # then the ratios. Neither proxy logs requests during the runs, and both add the same
 # X-Forwarded-For, -Proto and -Host headers (HAProxy: `option forwardfor` and two
 # `set-header`). Everything it started is stopped when it exits.
 #
 # Settings (environment): ROUNDS (3), DURATION (10 seconds per run), CONNECTIONS (50),
-# WRK_THREADS (1), WARMUP (2 seconds per target before the rounds), CODEC (signed; or sealed,
+# WRK_THREADS (1), WARMUP (2 seconds per target before the rounds), BACKENDS (3; 1 or 2 use
+# the first ones only: with one, no route has a balancing choice), CODEC (signed; or sealed,
 # plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), PROFILE (perf: the cargo profile the
 # gateway is built with; or release), TARGETS (a space-separated subset of the target names
 # below).
@@ -32,6 +33,8 @@ CONNECTIONS="${CONNECTIONS:-50}"
 WRK_THREADS="${WRK_THREADS:-1}"
 WARMUP="${WARMUP:-2}"
 CODEC="${CODEC:-signed}"
+BACKENDS="${BACKENDS:-3}"
+case "$BACKENDS" in 1 | 2 | 3) ;; *) log "BACKENDS must be 1, 2 or 3"; exit 2 ;; esac
 
 need_packages haproxy haproxy wrk wrk
 build
@@ -44,7 +47,8 @@ free_port; H_PLAIN=$PORT
 free_port; G_STICKY=$PORT
 free_port; G_PLAIN=$PORT
 
-start_backends "$B1" "$B2" "$B3"
+PORTS=(- "$B1" "$B2" "$B3")
+start_backends "${PORTS[@]:1:$BACKENDS}"
 
 NPROC=$(nproc)
 cat >"$WORK/haproxy.cfg" <<EOF
@@ -69,17 +73,13 @@ listen sticky
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     cookie SRV insert indirect nocache
-    server s1 127.0.0.1:$B1 cookie s1
-    server s2 127.0.0.1:$B2 cookie s2
-    server s3 127.0.0.1:$B3 cookie s3
+$(for i in $(seq 1 "$BACKENDS"); do echo "    server s$i 127.0.0.1:${PORTS[$i]} cookie s$i"; done)
 
 listen plain
     bind 127.0.0.1:$H_PLAIN
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    server s1 127.0.0.1:$B1
-    server s2 127.0.0.1:$B2
-    server s3 127.0.0.1:$B3
+$(for i in $(seq 1 "$BACKENDS"); do echo "    server s$i 127.0.0.1:${PORTS[$i]}"; done)
 EOF
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
@@ -95,9 +95,7 @@ keys: ["$KEY"]
 services:
   - name: bench
     endpoints:
-      - {address: "127.0.0.1:$B1", id: s1}
-      - {address: "127.0.0.1:$B2", id: s2}
-      - {address: "127.0.0.1:$B3", id: s3}
+$(for i in $(seq 1 "$BACKENDS"); do echo "      - {address: \"127.0.0.1:${PORTS[$i]}\", id: s$i}"; done)
 routes:
   - apiVersion: gateway.networking.k8s.io/v1
     kind: HTTPRoute
@@ -121,7 +119,7 @@ start_gateway "$WORK/gateway-plain.yaml" gateway-plain
 GW_PLAIN_PID=$GATEWAY_PID
 
 # One valid session per backend: ask without a cookie until each backend has answered.
-# `$1`: the URL; prints three `Cookie` values, s1's first.
+# `$1`: the URL; prints BACKENDS `Cookie` values, s1's first.
 sessions() {
     local url="$1" i server cookie
     declare -A found=()
@@ -131,10 +129,10 @@ sessions() {
         server=$(printf '%s' "$headers" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-server"{print $2}')
         cookie=$(printf '%s' "$headers" | tr -d '\r' | awk -F': ' 'tolower($1)=="set-cookie"{print $2}' | cut -d';' -f1)
         [ -n "$server" ] && [ -n "$cookie" ] && found[$server]="$cookie"
-        [ ${#found[@]} -eq 3 ] && break
+        [ ${#found[@]} -eq "$BACKENDS" ] && break
     done
-    [ ${#found[@]} -eq 3 ] || { log "no session for every backend at $url"; return 1; }
-    printf '%s\n' "${found[s1]}" "${found[s2]}" "${found[s3]}"
+    [ ${#found[@]} -eq "$BACKENDS" ] || { log "no session for every backend at $url"; return 1; }
+    for i in $(seq 1 "$BACKENDS"); do printf '%s\n' "${found[s$i]}"; done
 }
 # Checks that a cookie reaches its backend; `$1` URL, `$2` cookie, `$3` backend.
 check_pinned() {
@@ -145,7 +143,7 @@ check_pinned() {
 
 mapfile -t HAP_COOKIES < <(sessions "http://127.0.0.1:$H_STICKY/")
 mapfile -t GW_COOKIES < <(sessions "http://127.0.0.1:$G_STICKY/")
-for i in 0 1 2; do
+for i in $(seq 0 $((BACKENDS - 1))); do
     check_pinned "http://127.0.0.1:$H_STICKY/" "${HAP_COOKIES[$i]}" "s$((i + 1))"
     check_pinned "http://127.0.0.1:$G_STICKY/" "${GW_COOKIES[$i]}" "s$((i + 1))"
 done
@@ -246,7 +244,7 @@ run_wrk() {
     machine
     echo "haproxy: $(haproxy -v | head -n 1)"
     echo "wrk: $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
-    echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS WRK_THREADS=$WRK_THREADS CODEC=$CODEC"
+    echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS WRK_THREADS=$WRK_THREADS BACKENDS=$BACKENDS CODEC=$CODEC"
     echo "gateway serving threads: $(cat /proc/"$GW_STICKY_PID"/task/*/comm | grep -c '^gateway-'); HAProxy: nbthread $NPROC"
     echo '```'
 } >"$WORK/header"

@@ -31,8 +31,10 @@ type Endpoint = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// Sessions per test, as the issue asks.
 const SESSIONS: usize = 300;
-/// Requests in flight at once while sessions are being established.
-const PARALLEL: usize = 50;
+/// Requests in flight at once while sessions are being established: small enough that a
+/// loaded 2-core machine never runs past the balancer's fail-fast deadline while setting up
+/// (seen at 50 with a load average of 10), since setting up is not what these tests measure.
+const PARALLEL: usize = 10;
 
 struct Stack {
     url: String,

@@ -99,6 +99,7 @@ run() {
         END { printf "%s %.0f %.0f %.2f\n", name, rps, p99, ticks / hz * 1e6 / req }' <<<"$out" |
         tee -a "$RESULTS" >&2
 }
+MACHINE=$(machine)
 log "warming up"
 for line in "${LINES[@]}"; do run "$line" "$WARMUP" no; done
 for round in $(seq 1 "$ROUNDS"); do
@@ -110,7 +111,7 @@ echo
 echo "## compare_builds.sh"
 echo
 echo '```text'
-machine
+echo "$MACHINE"
 echo "settings: ROUNDS=$ROUNDS DURATION=${DURATION}s CONNECTIONS=$CONNECTIONS; builds: $*"
 echo '```'
 echo

@@ -106,6 +106,7 @@ drive() {
     awk '/requests in/ {print "  " $1, "requests in", $4}' "$out" >&2
 }
 
+MACHINE=$(machine)
 log "warming up (100,000 sessions)"
 drive 100000
 sleep 1
@@ -123,7 +124,7 @@ echo
 echo "## memory.sh"
 echo
 echo '```text'
-machine
+echo "$MACHINE"
 echo "settings: REQUESTS=$REQUESTS CONNECTIONS=$CONNECTIONS CODEC=$CODEC"
 echo '```'
 echo

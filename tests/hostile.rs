@@ -631,45 +631,7 @@ fn keys_never_appear_in_debug_output() {
     }
 }
 
-#[cfg(feature = "tracing")]
-#[tokio::test]
-async fn tokens_never_appear_in_traces() {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    for kind in KINDS {
-        let good = valid(kind);
-        let res = send(layer(kind), with_cookies(&[format!("sid={good}").as_bytes()])).await;
-        assert_pinned(kind, &res);
-        let bad = format!("{good}AA");
-        let res = send(layer(kind), with_cookies(&[format!("sid={bad}").as_bytes()])).await;
-        let fresh = issued_token(&res).unwrap();
-        let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-        assert!(logs.contains("invalid"), "the decision is traced: {logs}");
-        for secret in [&good, &bad, &fresh] {
-            assert!(!logs.contains(&secret[..20]), "a token was traced: {logs}");
-        }
-    }
-}
+// `tokens_never_appear_in_traces` lives in tests/traces.rs, alone in its binary.
 
 #[tokio::test]
 async fn host_prefixed_cookie_names_work_with_the_defaults() {

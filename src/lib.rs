@@ -89,6 +89,7 @@
 //! | `serde` | deserializing the Gateway API `sessionPersistence` stanza ([`policy::SessionPersistenceConfig`]) | on |
 //! | `signed` | [`token::SignedCodec`]: AES-SIV tokens, tamper-evident, the endpoint encrypted | on |
 //! | `sealed` | [`token::SealedCodec`]: XChaCha20-Poly1305 tokens that hide everything | on |
+//! | `edge` | [`edge`]: forwarded headers with a trust list, strict host checks, body idle timeouts | on |
 //! | `tracing` | `tracing` events for each decision and for the balancer's endpoint changes; without it they compile to nothing | on |
 //!
 //! [`token::PlainCodec`] (HAProxy-compatible, for migration and debugging) is always there.
@@ -109,6 +110,9 @@ pub(crate) use self::no_tracing::{
 
 pub mod balance;
 mod carrier;
+#[cfg(feature = "edge")]
+#[cfg_attr(docsrs, doc(cfg(feature = "edge")))]
+pub mod edge;
 mod endpoint_key;
 pub mod layer;
 pub mod policy;

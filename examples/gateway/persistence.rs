@@ -280,8 +280,14 @@ pub(crate) fn check(
             .map_err(|err| ConfigError::new(field(&format!("attributes[{i}]")), err.rule()))?;
         builder = builder.attribute(attribute.clone());
     }
+    // Settings from the extension block are named there; the stanza's own fields in it.
     let policy = builder.build().map_err(|err| match err.field() {
         "cookie.domain" => ConfigError::new(field("domain"), err.rule()),
+        "cookie.secure" if ext.secure.is_some() => ConfigError::new(field("secure"), err.rule()),
+        "cookie.sameSite" if ext.same_site.is_some() => {
+            ConfigError::new(field("sameSite"), err.rule())
+        }
+        "cookie.secure" | "cookie.sameSite" => ConfigError::new(field("secure"), err.rule()),
         _ => err.within(&stanza_at).into(),
     })?;
     Ok(Persistence {

@@ -351,6 +351,7 @@ impl PolicyBuilder {
                 for attribute in &attributes.extra {
                     check_attribute(attribute)?;
                 }
+                check_browser_rules(&self.name, &attributes)?;
                 if attributes.lifetime == Lifetime::Permanent && self.absolute_timeout.is_none() {
                     return Err(PolicyError::new(
                         "absoluteTimeout",
@@ -362,6 +363,16 @@ impl PolicyBuilder {
             CarrierKind::Header => {
                 let name = HeaderName::from_bytes(self.name.as_bytes())
                     .map_err(|_| PolicyError::new(name_field, "must be a valid header name"))?;
+                if RESERVED_HEADERS.contains(&name.as_str()) {
+                    return Err(PolicyError::new(
+                        name_field,
+                        format!(
+                            "{:?} is a header HTTP itself uses (framing, routing or cookies); \
+                             choose another name",
+                            name.as_str()
+                        ),
+                    ));
+                }
                 Carrier::Header(name)
             }
         };
@@ -427,6 +438,77 @@ fn check_attribute(attribute: &str) -> Result<(), PolicyError> {
             "must be non-empty and contain no ';', control or non-ASCII characters",
         ));
     }
+    // Attributes with a field of their own go through that field's checks; written here they
+    // would slip past them (a `Max-Age` on a Session cookie, a second `Path`).
+    let name = attribute.split('=').next().unwrap_or_default().trim();
+    if let Some(own) = OWN_FIELD_ATTRIBUTES.iter().find(|own| own.eq_ignore_ascii_case(name)) {
+        return Err(PolicyError::new(
+            "cookie.attributes",
+            format!("{own} has its own setting; it may not be given as an extra attribute"),
+        ));
+    }
+    Ok(())
+}
+
+/// Cookie attributes the policy sets from fields of its own.
+const OWN_FIELD_ATTRIBUTES: [&str; 8] =
+    ["Max-Age", "Expires", "Domain", "Path", "Secure", "HttpOnly", "SameSite", "Partitioned"];
+
+/// Headers a session may not travel in: HTTP's framing (`content-length`,
+/// `transfer-encoding`), routing (`host`), connection management and cookies themselves.
+const RESERVED_HEADERS: [&str; 13] = [
+    "cookie",
+    "set-cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-type",
+    "location",
+];
+
+/// What browsers require of cookies whose names carry a prefix (RFC 6265bis §4.1.3), and of
+/// `SameSite=None` (§5.4.7: refused without `Secure`). A policy that breaks them would hand
+/// out cookies that browsers silently drop.
+fn check_browser_rules(name: &str, cookie: &CookieAttributes) -> Result<(), PolicyError> {
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("__host-") {
+        if !cookie.secure {
+            return Err(PolicyError::new(
+                "cookie.secure",
+                format!("a {name:?} cookie (prefix __Host-) must be Secure"),
+            ));
+        }
+        if !cookie.domains.is_empty() {
+            return Err(PolicyError::new(
+                "cookie.domain",
+                format!("a {name:?} cookie (prefix __Host-) must not have a Domain"),
+            ));
+        }
+        if cookie.path != "/" {
+            return Err(PolicyError::new(
+                "cookie.path",
+                format!("a {name:?} cookie (prefix __Host-) must have Path=/"),
+            ));
+        }
+    }
+    if lower.starts_with("__secure-") && !cookie.secure {
+        return Err(PolicyError::new(
+            "cookie.secure",
+            format!("a {name:?} cookie (prefix __Secure-) must be Secure"),
+        ));
+    }
+    if cookie.same_site == Some(SameSite::None) && !cookie.secure {
+        return Err(PolicyError::new(
+            "cookie.sameSite",
+            "SameSite=None needs Secure: browsers refuse such cookies otherwise",
+        ));
+    }
     Ok(())
 }
 
@@ -468,6 +550,36 @@ mod tests {
             .absolute_timeout(Duration::from_secs(1))
             .build()
             .unwrap();
+    }
+
+    #[test]
+    fn browser_cookie_rules_are_enforced() {
+        let field = |b: PolicyBuilder| b.build().unwrap_err().field().to_owned();
+        assert_eq!(field(SessionPolicy::cookie("__Host-s").secure(false)), "cookie.secure");
+        assert_eq!(field(SessionPolicy::cookie("__host-s").domain("a.example")), "cookie.domain");
+        assert_eq!(field(SessionPolicy::cookie("__Host-s").path("/shop")), "cookie.path");
+        assert_eq!(field(SessionPolicy::cookie("__Secure-s").secure(false)), "cookie.secure");
+        assert_eq!(
+            field(SessionPolicy::cookie("s").secure(false).same_site(Some(SameSite::None))),
+            "cookie.sameSite"
+        );
+        assert!(SessionPolicy::cookie("__Host-s").build().is_ok());
+        assert!(SessionPolicy::cookie("__Secure-s").domain("a.example").path("/x").build().is_ok());
+        assert!(SessionPolicy::cookie("s").same_site(Some(SameSite::None)).build().is_ok());
+        for smuggled in ["Max-Age=1", "expires=Thu, 01 Jan 2099 00:00:00 GMT", "Domain=x", "path=/"] {
+            let err = SessionPolicy::cookie("s").attribute(smuggled).build().unwrap_err();
+            assert_eq!(err.field(), "cookie.attributes", "{smuggled}");
+        }
+        assert!(SessionPolicy::cookie("s").attribute("Priority=High").build().is_ok());
+    }
+
+    #[test]
+    fn session_headers_may_not_be_http_s_own() {
+        for reserved in ["cookie", "Host", "content-length", "Transfer-Encoding", "set-cookie"] {
+            let err = SessionPolicy::header(reserved).build().unwrap_err();
+            assert_eq!(err.field(), "header.name", "{reserved}");
+        }
+        assert!(SessionPolicy::header("x-session").build().is_ok());
     }
 
     #[test]

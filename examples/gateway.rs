@@ -167,10 +167,16 @@ mod access_log;
 mod balancing;
 #[path = "gateway/cli.rs"]
 mod cli;
+#[path = "gateway/client_body.rs"]
+mod client_body;
 #[path = "gateway/config.rs"]
 mod config;
+#[path = "gateway/connection.rs"]
+mod connection;
 #[path = "gateway/demo.rs"]
 mod demo;
+#[path = "gateway/edge.rs"]
+mod edge;
 #[path = "gateway/failure.rs"]
 mod failure;
 #[path = "gateway/persistence.rs"]
@@ -315,9 +321,13 @@ async fn run(
         .map_err(|err| format!("cannot read the listen address: {err}"))?;
     let plan = Arc::new(plan);
     let shared = plan.clone();
+    // One per process: the per-endpoint limits are shared by every serving thread.
+    let upstreams = proxy::Upstreams::new(&plan.edge);
+    let serving = server::Serving::new(plan.edge.timeouts, plan.edge.limits);
     let workers = server::Workers::start(
         listeners,
-        move || Gateway::new(&shared, &proxy::client(shared.timeout)),
+        move || Gateway::new(&shared, &upstreams),
+        serving,
         Duration::from_secs(5),
     )
     .await?;

@@ -1,25 +1,32 @@
-//! One access-log line per request, when its response head is ready, on the `access` target:
+//! One access-log line per request, when its response has been sent (or abandoned), on the
+//! `access` target:
 //!
 //! ```text
-//! 127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001
+//! 127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001 bytes=512 upstream=2ms id=5f0c…
 //! ```
 //!
 //! `session` is the layer's decision (`new`, `pinned`, `re-pinned`, `expired`, `invalid`,
 //! `rejected`; `-` for a rule without persistence or an unrouted request), `endpoint` the key
-//! of the endpoint that served it. Tokens never appear: the path is logged without its query
-//! and without `;` path parameters (URL sessions travel there), and no header is logged.
+//! of the endpoint that served it, or that failed (on `502`/`504`), `bytes` the response body
+//! bytes sent, `upstream` the time until the endpoint's response head, `id` the request id
+//! (`x-request-id`) the backend got. The time is until the response head; the line is written
+//! once the body is done. Tokens never appear: the path is logged without its query and
+//! without `;` path parameters (URL sessions travel there), and no header is logged.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, Version};
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, Version};
+use http_body::{Body as _, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_session_persistence::Decision;
 
-use crate::proxy::ClientAddr;
-use crate::stack::ServedByEndpoint;
+use crate::proxy::{ClientAddr, ServedByEndpoint, UpstreamTime};
 
 /// What the line says about the request, taken before it is handed on.
 pub(crate) struct Entry {
@@ -29,6 +36,13 @@ pub(crate) struct Entry {
     path: String,
     version: Version,
     rule: Option<String>,
+    id: Option<HeaderValue>,
+    /// Filled in when the response head is ready.
+    status: u16,
+    head: Duration,
+    decision: &'static str,
+    endpoint: Option<String>,
+    upstream: Option<Duration>,
 }
 
 /// Whether access-log lines are written (`RUST_LOG` lets the `access` target through). When
@@ -37,16 +51,37 @@ pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
+/// A new request id: 32 hex digits, unique across threads, processes and restarts (a random
+/// prefix per thread and a counter), made without a system call.
+pub(crate) fn new_request_id() -> HeaderValue {
+    thread_local! {
+        static PREFIX: u64 = {
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed)
+        };
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.with(|p| *p);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let text = format!("{prefix:016x}{count:016x}");
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 impl Entry {
     /// What the line will say about `req`; `None` when the access log is off.
-    pub(crate) fn start<B>(req: &Request<B>, rule: Option<&str>) -> Option<Self> {
+    pub(crate) fn start<B>(
+        req: &Request<B>,
+        rule: Option<&str>,
+        id: Option<HeaderValue>,
+    ) -> Option<Self> {
         if !enabled() {
             return None;
         }
         let client = req
             .extensions()
             .get::<ClientAddr>()
-            .map_or_else(|| "-".to_owned(), |addr| addr.0.ip().to_canonical().to_string());
+            .map_or_else(|| "-".to_owned(), |c| c.addr.ip().to_canonical().to_string());
         Some(Self {
             started: Instant::now(),
             client,
@@ -54,30 +89,46 @@ impl Entry {
             path: loggable_path(req.uri().path()),
             version: req.version(),
             rule: rule.map(str::to_owned),
+            id,
+            status: 0,
+            head: Duration::ZERO,
+            decision: "-",
+            endpoint: None,
+            upstream: None,
         })
     }
 
-    fn finish<B>(&self, res: &Response<B>) {
-        let decision = res.extensions().get::<Decision>().map_or("-", |d| d.as_str());
-        let endpoint = res.extensions().get::<ServedByEndpoint>().map_or("-", |e| e.0.as_str());
+    fn head<B>(&mut self, res: &Response<B>) {
+        self.status = res.status().as_u16();
+        self.head = self.started.elapsed();
+        self.decision = res.extensions().get::<Decision>().map_or("-", |d| d.as_str());
+        self.endpoint = res.extensions().get::<ServedByEndpoint>().map(|e| e.0.clone());
+        self.upstream = res.extensions().get::<UpstreamTime>().map(|t| t.0);
+    }
+
+    fn finish(&self, bytes: u64, complete: bool) {
         tracing::info!(
             target: "access",
-            "{} \"{} {} {:?}\" {} {}ms rule={} session={} endpoint={}",
+            "{} \"{} {} {:?}\" {} {}ms rule={} session={} endpoint={} bytes={}{} upstream={} id={}",
             self.client,
             self.method,
             self.path,
             self.version,
-            res.status().as_u16(),
-            self.started.elapsed().as_millis(),
+            self.status,
+            self.head.as_millis(),
             self.rule.as_deref().unwrap_or("-"),
-            decision,
-            endpoint,
+            self.decision,
+            self.endpoint.as_deref().unwrap_or("-"),
+            bytes,
+            if complete { "" } else { "(cut)" },
+            self.upstream.map_or_else(|| "-".to_owned(), |t| format!("{}ms", t.as_millis())),
+            self.id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("-"),
         );
     }
 }
 
 /// The path without `;` parameters in any segment.
-fn loggable_path(path: &str) -> String {
+pub(crate) fn loggable_path(path: &str) -> String {
     if !path.contains(';') {
         return path.to_owned();
     }
@@ -88,7 +139,7 @@ fn loggable_path(path: &str) -> String {
 }
 
 pin_project! {
-    /// A response future that writes the access-log line when it completes.
+    /// A response future whose response's body writes the access-log line when it ends.
     pub(crate) struct Logged<F> {
         #[pin]
         inner: F,
@@ -102,19 +153,84 @@ impl<F> Logged<F> {
     }
 }
 
-impl<F, B, E> Future for Logged<F>
+impl<F, E> Future for Logged<F>
 where
-    F: Future<Output = Result<Response<B>, E>>,
+    F: Future<Output = Result<Response<Body>, E>>,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let (Ok(res), Some(entry)) = (&result, this.entry.as_ref()) {
-            entry.finish(res);
+        Poll::Ready(match (result, this.entry.take()) {
+            (Ok(res), Some(mut entry)) => {
+                entry.head(&res);
+                Ok(res.map(|body| Body::new(Counted { body, entry, bytes: 0, done: false })))
+            }
+            (result, _) => result,
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that counts its bytes and writes the line when it ends or is dropped.
+    struct Counted {
+        #[pin]
+        body: Body,
+        entry: Entry,
+        bytes: u64,
+        done: bool,
+    }
+
+    impl PinnedDrop for Counted {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                this.entry.finish(*this.bytes, this.body.is_end_stream());
+            }
         }
-        Poll::Ready(result)
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if !*this.done {
+                    *this.done = true;
+                    this.entry.finish(*this.bytes, true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if !*this.done {
+                    *this.done = true;
+                    this.entry.finish(*this.bytes, false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -126,5 +242,12 @@ mod tests {
     fn paths_lose_their_parameters() {
         assert_eq!(loggable_path("/cart"), "/cart");
         assert_eq!(loggable_path("/cart;jsessionid=SECRET/x;v=1"), "/cart/x");
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
     }
 }

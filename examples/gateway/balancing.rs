@@ -109,7 +109,7 @@ fn key_fn(affinity: &Affinity) -> KeyFn {
         Affinity::Header(name) => Box::new(affinity::header(name)),
         Affinity::Cookie(name) => Box::new(affinity::cookie(name)),
         Affinity::ClientIp => Box::new(|req: &Request<Body>| {
-            req.extensions().get::<ClientAddr>().map(|ClientAddr(addr)| match addr.ip() {
+            req.extensions().get::<ClientAddr>().map(|client| match client.addr.ip() {
                 IpAddr::V4(ip) => affinity::hash(&ip.octets()),
                 IpAddr::V6(ip) => affinity::hash(&ip.octets()),
             })

@@ -18,13 +18,12 @@ use tower_session_persistence::policy::{PolicyError, SessionPersistenceConfig, p
 use tower_session_persistence::token::SignedCodec;
 
 use crate::balancing::{self, Balancing};
+use crate::edge::{self, Edge};
 use crate::persistence::{self, Extension, Persistence};
 use crate::routing::{Hostname, PathMatch};
 
 /// Where the gateway listens when neither the file nor `--listen` says.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// How long an upstream request may take to answer when the file does not say.
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The `apiVersion`s accepted for an `HTTPRoute`.
 const API_VERSIONS: [&str; 2] =
     ["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"];
@@ -39,6 +38,10 @@ struct File {
     listen: Option<String>,
     keys: Option<Vec<String>>,
     timeout: Option<String>,
+    timeouts: Option<edge::TimeoutsConfig>,
+    limits: Option<edge::LimitsConfig>,
+    #[serde(rename = "trustedProxies")]
+    trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     services: Vec<ServiceConfig>,
     #[serde(default)]
@@ -174,8 +177,8 @@ pub(crate) struct Plan {
     pub(crate) keys: Keys,
     /// Whether `keys` is a key made up for this process (no `keys` in the file).
     pub(crate) ephemeral_key: bool,
-    /// How long an upstream request may take to answer; `None` for no limit.
-    pub(crate) timeout: Option<Duration>,
+    /// Timeouts, limits and the forwarded-header policy.
+    pub(crate) edge: Edge,
     /// Every rule of every route, in file order.
     pub(crate) rules: Vec<RulePlan>,
 }
@@ -292,23 +295,31 @@ pub(crate) fn parse(text: &str) -> Result<Plan, ConfigError> {
 fn check(file: File) -> Result<Plan, ConfigError> {
     let listen = parse_listen(file.listen.as_deref().unwrap_or(DEFAULT_LISTEN))
         .map_err(|message| ConfigError::new("listen", message))?;
-    let timeout = match duration(file.timeout.as_deref(), "timeout")? {
-        None => Some(DEFAULT_TIMEOUT),
-        Some(limit) if limit.is_zero() => None,
-        Some(limit) => Some(limit),
-    };
+    let edge = edge::check(
+        file.timeouts.as_ref(),
+        file.timeout.as_deref(),
+        file.limits.as_ref(),
+        file.trusted_proxies.as_deref(),
+    )?;
     let (keys, ephemeral_key) = match &file.keys {
         Some(keys) => (decode_keys(keys)?, false),
         None => (random_key()?, true),
     };
     let services = check_services(&file.services)?;
+    if file.routes.is_empty() {
+        // An empty file, or one that forgot its routes: every request would get 404.
+        return Err(ConfigError::new(
+            "routes",
+            "must list at least one HTTPRoute (a gateway without routes answers 404 to everything)",
+        ));
+    }
     let mut rules = Vec::new();
     let mut seen_routes = HashSet::new();
     for (r, route) in file.routes.iter().enumerate() {
         let at = format!("routes[{r}]");
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
     }
-    Ok(Plan { listen, keys, ephemeral_key, timeout, rules })
+    Ok(Plan { listen, keys, ephemeral_key, edge, rules })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.

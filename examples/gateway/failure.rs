@@ -13,7 +13,10 @@ use tower::BoxError;
 use tower_session_persistence::PinnedUnavailable;
 use tower_session_persistence::balance::NoEndpoints;
 
-use crate::proxy::UpstreamTimeout;
+use tower_session_persistence::balance::NotSent;
+
+use crate::client_body::ClientBodyError;
+use crate::proxy::{EndpointError, ServedByEndpoint, UpstreamTimeout};
 
 /// What went wrong, as the client may learn it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +29,10 @@ pub(crate) enum Failure {
     Timeout,
     /// The upstream exchange failed.
     Upstream,
+    /// The client's request body was malformed or cut short.
+    BadRequestBody,
+    /// The client stopped sending its request body.
+    RequestBodyTimeout,
 }
 
 impl Failure {
@@ -33,6 +40,17 @@ impl Failure {
     pub(crate) fn of(error: &BoxError) -> Self {
         let mut cause: Option<&(dyn Error + 'static)> = Some(error.as_ref());
         while let Some(err) = cause {
+            // The client's fault first: its body error is wrapped in the upstream's.
+            if let Some(body) = err.downcast_ref::<ClientBodyError>() {
+                return match body {
+                    ClientBodyError::Timeout(_) => Failure::RequestBodyTimeout,
+                    ClientBodyError::Malformed(_) => Failure::BadRequestBody,
+                };
+            }
+            if err.is::<NotSent>() {
+                // Refused or a connect timeout: never a 504, the backend was not reached.
+                return Failure::Upstream;
+            }
             if err.is::<PinnedUnavailable>() {
                 return Failure::PinnedUnavailable;
             }
@@ -59,6 +77,8 @@ impl Failure {
             Failure::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Upstream => StatusCode::BAD_GATEWAY,
+            Failure::BadRequestBody => StatusCode::BAD_REQUEST,
+            Failure::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -68,6 +88,8 @@ impl Failure {
             Failure::NoEndpoints => "no backend is available",
             Failure::Timeout => "the backend did not answer in time",
             Failure::Upstream => "the backend could not be reached",
+            Failure::BadRequestBody => "the request body is malformed",
+            Failure::RequestBodyTimeout => "the request body did not arrive in time",
         }
     }
 }
@@ -85,20 +107,45 @@ pub(crate) fn text(status: StatusCode, reason: &str) -> Response<Body> {
 /// token).
 pub(crate) fn respond(scope: &str, error: &BoxError) -> Response<Body> {
     let failure = Failure::of(error);
+    let endpoint = failed_endpoint(error);
+    let endpoint_name = endpoint.as_deref().unwrap_or("-");
     match failure {
         Failure::Upstream | Failure::Timeout => {
-            tracing::warn!(rule = scope, error = %chain(error), "upstream request failed");
+            tracing::warn!(
+                rule = scope,
+                endpoint = endpoint_name,
+                error = %chain(error),
+                "upstream request failed"
+            );
         }
         Failure::PinnedUnavailable | Failure::NoEndpoints => {
             tracing::info!(rule = scope, error = %error, "request not routed");
         }
+        Failure::BadRequestBody | Failure::RequestBodyTimeout => {
+            tracing::info!(rule = scope, error = %chain(error), "client request body failed");
+        }
     }
     let mut res = text(failure.status(), failure.reason());
+    if let Some(endpoint) = endpoint {
+        res.extensions_mut().insert(ServedByEndpoint(endpoint.to_string()));
+    }
     if failure == Failure::PinnedUnavailable {
         // Tells the session layer above that it rejected a session (`Decision::Rejected`).
         res.extensions_mut().insert(PinnedUnavailable::default());
     }
     res
+}
+
+/// The endpoint an error happened with, when it says.
+fn failed_endpoint(error: &BoxError) -> Option<std::sync::Arc<str>> {
+    let mut cause: Option<&(dyn Error + 'static)> = Some(error.as_ref());
+    while let Some(err) = cause {
+        if let Some(named) = err.downcast_ref::<EndpointError>() {
+            return Some(named.endpoint.clone());
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// The error and its causes, `: `-separated, for logs.

@@ -81,7 +81,7 @@ struct UrlConfig {
     expose_header: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum UrlParameter {
     Path,
@@ -121,7 +121,8 @@ enum StrategyPlan {
     Rewrite(Rewrite),
     Prefix,
     Passive,
-    Url(Url),
+    /// `in_path`: a path parameter (which routing must not see), else a query parameter.
+    Url { url: Url, in_path: bool },
 }
 
 /// A rule's checked session persistence.
@@ -138,6 +139,15 @@ impl Persistence {
     /// The policy: name, carrier, timeouts, cookie attributes.
     pub(crate) fn policy(&self) -> &SessionPolicy {
         &self.policy
+    }
+
+    /// The name of the path parameter the session travels in (`strategy: url`, `parameter:
+    /// path`), which routing must not see.
+    pub(crate) fn path_parameter(&self) -> Option<&str> {
+        match &self.strategy {
+            Some(StrategyPlan::Url { in_path: true, .. }) => Some(self.policy.name()),
+            _ => None,
+        }
     }
 
     /// The layer enforcing this persistence for the rule `scope`, its tokens made with `keys`.
@@ -164,7 +174,7 @@ impl Persistence {
             Some(StrategyPlan::Rewrite(rewrite)) => layer.strategy(rewrite),
             Some(StrategyPlan::Prefix) => layer.strategy(Prefix),
             Some(StrategyPlan::Passive) => layer.strategy(Passive),
-            Some(StrategyPlan::Url(url)) => layer.strategy(url),
+            Some(StrategyPlan::Url { url, .. }) => layer.strategy(url),
         };
         // Plain values with dates behave as HAProxy's maxidle/maxlife: refreshed whenever the
         // last date has passed, and dates up to 24 h ahead tolerated.
@@ -353,10 +363,8 @@ fn strategy(
                 strip: None,
                 expose_header: None,
             });
-            let mut url = match config.parameter.unwrap_or(UrlParameter::Path) {
-                UrlParameter::Path => Url::path_parameter(),
-                UrlParameter::Query => Url::query(),
-            };
+            let in_path = config.parameter.unwrap_or(UrlParameter::Path) == UrlParameter::Path;
+            let mut url = if in_path { Url::path_parameter() } else { Url::query() };
             url = url.strip(config.strip.unwrap_or(true));
             if let Some(header) = &config.expose_header {
                 let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
@@ -364,7 +372,7 @@ fn strategy(
                 })?;
                 url = url.expose_header(name);
             }
-            StrategyPlan::Url(url)
+            StrategyPlan::Url { url, in_path }
         }
     }))
 }

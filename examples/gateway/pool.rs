@@ -28,6 +28,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::BoxError;
+use tower_session_persistence::balance::NotSent;
 
 /// How long an unused connection is kept.
 const IDLE: Duration = Duration::from_secs(30);
@@ -99,11 +100,14 @@ impl Pool {
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let addr = self.inner.addr;
         let connecting = TcpStream::connect(addr);
+        // Refused, unreachable or timed out: the request was never sent, whatever its method
+        // (the balancer ejects the endpoint and may send it elsewhere).
         let stream = match self.inner.connect_timeout {
             Some(limit) => tokio::time::timeout(limit, connecting)
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??,
-            None => connecting.await?,
+                .map_err(|_| not_sent(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")))?
+                .map_err(not_sent)?,
+            None => connecting.await.map_err(not_sent)?,
         };
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
@@ -132,6 +136,11 @@ impl Pool {
             }
         });
     }
+}
+
+/// Marks a failure to reach the endpoint: the request was never sent.
+fn not_sent(error: io::Error) -> BoxError {
+    Box::new(NotSent::new(error))
 }
 
 impl Inner {

@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -26,24 +27,25 @@ use futures_util::future::Either;
 use http::Request;
 use http::header::{COOKIE, HeaderName, SET_COOKIE};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
 use tower_http::trace::TraceLayer;
+use tower_session_persistence::edge::Proto;
 use tracing::Level;
 
+use crate::client_body::ClientBody;
+use crate::connection::{Activity, Tracked, Watched};
+use crate::edge::{Limits, Timeouts};
 use crate::proxy::ClientAddr;
 use crate::stack::Gateway;
-
-/// How long open connections may take to finish once shutdown starts.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// How many serving threads to run: one per core this process may use.
 pub(crate) fn threads() -> usize {
@@ -84,12 +86,29 @@ fn reuse_port(_: SocketAddr) -> std::io::Result<TcpListener> {
     unreachable!("one listener only where there is no SO_REUSEPORT")
 }
 
+/// What every serving thread shares: the timeouts and limits of its connections, and the
+/// places for connections across all threads (`limits.maxConnections`).
+#[derive(Clone, Debug)]
+pub(crate) struct Serving {
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: Limits,
+    connections: Arc<Semaphore>,
+}
+
+impl Serving {
+    pub(crate) fn new(timeouts: Timeouts, limits: Limits) -> Self {
+        let places = limits.max_connections.min(Semaphore::MAX_PERMITS);
+        Self { timeouts, limits, connections: Arc::new(Semaphore::new(places)) }
+    }
+}
+
 /// The serving threads, once each has built its gateway and is accepting connections.
 pub(crate) struct Workers {
     /// Every thread's gateway, for configuration changes.
     pub(crate) gateways: Vec<Gateway>,
     stop: watch::Sender<bool>,
     done: Vec<oneshot::Receiver<bool>>,
+    grace: Duration,
 }
 
 impl Workers {
@@ -99,12 +118,14 @@ impl Workers {
     pub(crate) async fn start<F>(
         listeners: Vec<TcpListener>,
         make: F,
+        serving: Serving,
         limit: Duration,
     ) -> Result<Self, String>
     where
         F: Fn() -> Gateway + Send + Sync + 'static,
     {
         let make = Arc::new(make);
+        let grace = serving.timeouts.shutdown_grace;
         // One thread per core this process may use: each stays on its core. (Not when there
         // are fewer threads than such cores, as under a CPU quota: the system places them.)
         let cores = core_affinity::get_core_ids().filter(|cores| cores.len() == listeners.len());
@@ -117,7 +138,7 @@ impl Workers {
                 listener.into_std().map_err(|err| format!("cannot hand over a listener: {err}"))?;
             let (ready_tx, ready_rx) = oneshot::channel::<Result<Gateway, String>>();
             let (done_tx, done_rx) = oneshot::channel();
-            let (make, mut stopped) = (make.clone(), stopped.clone());
+            let (make, stopped, serving) = (make.clone(), stopped.clone(), serving.clone());
             let core = cores.as_ref().map(|cores| cores[index]);
             let serve_one = move || {
                 if let Some(core) = core
@@ -158,10 +179,7 @@ impl Workers {
                     if ready_tx.send(Ok(gateway.clone())).is_err() {
                         return;
                     }
-                    let stop = async move {
-                        let _ = stopped.wait_for(|&stop| stop).await;
-                    };
-                    let _ = done_tx.send(serve(listener, gateway, stop).await);
+                    let _ = done_tx.send(serve(listener, gateway, stopped, serving).await);
                 });
             };
             std::thread::Builder::new()
@@ -175,14 +193,14 @@ impl Workers {
         for ready in ready {
             gateways.push(ready.await.map_err(|_| "a serving thread stopped".to_owned())??);
         }
-        Ok(Self { gateways, stop, done })
+        Ok(Self { gateways, stop, done, grace })
     }
 
-    /// Serves until `shutdown` completes, then lets open connections finish their requests
-    /// (up to 10 s).
+    /// Serves until `shutdown` completes; then closes idle connections at once and lets
+    /// requests in flight finish (up to `shutdownGrace`).
     pub(crate) async fn serve_until(self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
-        tracing::info!("shutting down: finishing open requests");
+        tracing::info!("shutting down: finishing requests in flight");
         let _ = self.stop.send(true);
         let mut all_closed = true;
         for done in self.done {
@@ -191,28 +209,89 @@ impl Workers {
         if all_closed {
             tracing::info!("all connections closed");
         } else {
-            tracing::warn!("some connections did not finish within {DRAIN:?}");
+            tracing::warn!("some requests did not finish within {:?}", self.grace);
         }
     }
 }
 
-/// Serves `gateway` on `listener` until `shutdown` completes, then lets open connections
-/// finish their requests (up to 10 s). Returns whether they all did.
+/// The connections a serving thread has open, to wait for them on shutdown.
+#[derive(Debug, Default)]
+struct Open {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+/// Ends a connection's count in [`Open`] when its task ends, however it ends.
+struct Counted(Arc<Open>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// Serves `gateway` on `listener` until `stop` says so, then closes idle connections and lets
+/// requests in flight finish (up to `shutdownGrace`). Returns whether they all did.
 async fn serve(
     listener: TcpListener,
     gateway: Gateway,
-    shutdown: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
+    serving: Serving,
 ) -> bool {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
+    let timeouts = serving.timeouts;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The head limit is hyper's read buffer: a head that does not fit is answered 431, and a
+    // connection never buffers more than this while reading one.
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .max_buf_size(serving.limits.max_request_header_bytes.max(8192));
+    if serving.limits.max_request_headers != crate::edge::DEFAULT_HEADERS {
+        builder.http1().max_headers(serving.limits.max_request_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING))
+        .keep_alive_timeout(H2_PING)
+        .max_header_list_size(
+            u32::try_from(serving.limits.max_request_header_bytes).unwrap_or(u32::MAX),
+        );
     let sensitive: Arc<[HeaderName]> = Arc::new([COOKIE, SET_COOKIE]);
     // `RUST_LOG` is read once: without its debug events, the trace layer would only cost time.
     let traced = tracing::enabled!(target: "tower_http::trace::make_span", Level::DEBUG)
         || tracing::enabled!(target: "tower_http::trace::on_request", Level::DEBUG)
         || tracing::enabled!(target: "tower_http::trace::on_response", Level::DEBUG)
         || tracing::enabled!(target: "tower_http::trace::on_eos", Level::DEBUG);
-    tokio::pin!(shutdown);
+    let open = Arc::new(Open::default());
+    let mut saturated = false;
     loop {
+        // A place first: at the limit, the gateway stops accepting (clients wait in the
+        // kernel's queue) rather than failing for want of file descriptors.
+        let place = match serving.connections.clone().try_acquire_owned() {
+            Ok(place) => {
+                saturated = false;
+                place
+            }
+            Err(_) => {
+                if !saturated {
+                    saturated = true;
+                    tracing::warn!(
+                        limit = serving.limits.max_connections,
+                        "limits.maxConnections reached: not accepting until connections close"
+                    );
+                }
+                tokio::select! {
+                    place = serving.connections.clone().acquire_owned() => match place {
+                        Ok(place) => place,
+                        Err(_) => break,
+                    },
+                    _ = stop.wait_for(|&stop| stop) => break,
+                }
+            }
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -223,45 +302,111 @@ async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            _ = stop.wait_for(|&stop| stop) => break,
         };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
+        let activity = Activity::new();
+        let client = ClientAddr { addr: remote, proto: Proto::Http };
+        let client_body = timeouts.client_body;
         // Session tokens travel in these headers: marked sensitive, they stay out of traces
         // and out of HTTP/2 header compression tables.
         let inner = ServiceBuilder::new()
             .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive.clone()))
             .map_request(move |req: Request<Incoming>| {
-                let mut req = req.map(Body::new);
-                req.extensions_mut().insert(ClientAddr(remote));
+                let (parts, body) = req.into_parts();
+                let (body, done) = ClientBody::new(body, client_body);
+                let mut req = Request::from_parts(parts, Body::new(body));
+                req.extensions_mut().insert(client);
+                if let Some(done) = done {
+                    req.extensions_mut().insert(done);
+                }
                 req
             })
             .service(gateway.clone());
         let outer = ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive.clone()));
-        let io = TokioIo::new(stream);
+        let io = TokioIo::new(Watched::new(stream, activity.clone(), timeouts));
         let connection = if traced {
-            let service = outer.layer(TraceLayer::new_for_http().on_failure(())).service(inner);
+            let service = outer
+                .layer(TraceLayer::new_for_http().make_span_with(log_safe_span).on_failure(()))
+                .service(inner);
+            let service = Tracked::new(service, activity.clone());
             let connection =
                 builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
-            Either::Left(graceful.watch(connection.into_owned()))
+            Either::Left(connection.into_owned())
         } else {
-            let connection = builder
-                .serve_connection_with_upgrades(io, TowerToHyperService::new(outer.service(inner)));
-            Either::Right(graceful.watch(connection.into_owned()))
+            let service = Tracked::new(outer.service(inner), activity.clone());
+            let connection =
+                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            Either::Right(connection.into_owned())
         };
+        open.count.fetch_add(1, Ordering::AcqRel);
+        let counted = Counted(open.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, client = %remote, "connection ended with an error");
+            let _counted = counted;
+            let _place = place;
+            match connection {
+                Either::Left(connection) => drive(connection, &activity, stop, remote).await,
+                Either::Right(connection) => drive(connection, &activity, stop, remote).await,
             }
         });
     }
     drop(listener);
+    let all_closed = async {
+        loop {
+            let closed = open.closed.notified();
+            if open.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    };
     tokio::select! {
-        () = graceful.shutdown() => true,
-        () = tokio::time::sleep(DRAIN) => false,
+        () = all_closed => true,
+        () = tokio::time::sleep(timeouts.shutdown_grace) => false,
     }
+}
+
+/// HTTP/2 pings: every 20 s, and a connection whose client does not answer in 20 s is closed.
+const H2_PING: Duration = Duration::from_secs(20);
+
+/// Drives one connection until it ends, or until shutdown: then at once when no request is
+/// in flight (a half-sent head included), else after hyper's graceful close.
+async fn drive<C>(connection: C, activity: &Activity, mut stop: watch::Receiver<bool>, client: SocketAddr)
+where
+    C: GracefulConnection<Error: std::fmt::Display>,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => {
+            if let Err(error) = ended {
+                tracing::debug!(%error, %client, "connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.wait_for(|&stop| stop) => {}
+    }
+    if activity.is_idle() {
+        return;
+    }
+    connection.as_mut().graceful_shutdown();
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, %client, "connection ended with an error");
+    }
+}
+
+/// A request's span for tower-http's trace layer: method, path without parameters or query
+/// (URL sessions travel there), version. Headers are not recorded.
+fn log_safe_span<B>(req: &Request<B>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %req.method(),
+        path = %crate::access_log::loggable_path(req.uri().path()),
+        version = ?req.version(),
+    )
 }
 
 /// Resolves on Ctrl-C (and on SIGTERM on Unix, as a service manager sends).

@@ -15,16 +15,19 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response, StatusCode, header};
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_session_persistence::ServedBy;
+use tower_session_persistence::edge::{TrustedProxies, request_host};
+use tower_session_persistence::strategy::Url;
 use tower_session_persistence::balance::{
     Balancer, DiscoverSender, EndpointState, discover_channel,
 };
 
 use crate::config::{EndpointPlan, Plan, RulePlan};
-use crate::proxy::{self, HttpClient, Upstream};
+use crate::proxy::{ClientAddr, RequestHost, ServedByEndpoint, Upstream, Upstreams};
 use crate::routing::{RouteTable, normalize_host};
 use crate::{access_log, failure};
 
@@ -44,8 +47,7 @@ pub(crate) struct Rule {
     /// What each `backendRef` has now, for live changes: its service and its endpoints.
     current: Mutex<Vec<Backend>>,
     /// What new endpoints are made with.
-    client: HttpClient,
-    timeout: Option<Duration>,
+    upstreams: Upstreams,
     /// The balancer, when the rule has backends; to tell when it knows its endpoints.
     balancer: Option<Balancer<Key, Upstream, Body>>,
     /// How many endpoints the rule starts with.
@@ -63,14 +65,9 @@ struct Backend {
     endpoints: HashMap<Key, (SocketAddr, bool)>,
 }
 
-/// The service that forwards to `endpoint`: over the shared HTTP/1.1 client, or over a client
-/// of its own for h2c (one multiplexed connection per endpoint).
-fn upstream(endpoint: &EndpointPlan, client: &HttpClient, timeout: Option<Duration>) -> Upstream {
-    if endpoint.h2c {
-        Upstream::h2c(endpoint.addr, proxy::h2c_client(timeout), timeout)
-    } else {
-        Upstream::new(endpoint.addr, client.clone(), timeout)
-    }
+/// The service that forwards to `endpoint`.
+fn upstream(endpoint: &EndpointPlan, upstreams: &Upstreams) -> Upstream {
+    upstreams.endpoint(&endpoint.key, endpoint.addr, endpoint.h2c)
 }
 
 /// What a live change did, for the log.
@@ -86,20 +83,36 @@ pub(crate) struct Applied {
     pub(crate) needs_restart: Vec<String>,
 }
 
-/// The gateway: finds the request's rule and hands the request to it. Cheap to clone.
+/// The gateway: checks the request's host, finds its rule and hands the request to it.
+/// Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Gateway {
     table: Arc<RouteTable<Rule>>,
+    /// The path parameters URL sessions travel in: routing matches paths without them.
+    path_parameters: Arc<[String]>,
+    /// Whose `x-request-id` is kept.
+    trusted: TrustedProxies,
 }
 
 impl Gateway {
     /// Builds every rule of `plan`; needs a tokio runtime (balancers start tasks).
-    pub(crate) fn new(plan: &Plan, client: &HttpClient) -> Self {
+    pub(crate) fn new(plan: &Plan, upstreams: &Upstreams) -> Self {
         let rules = plan.rules.iter().map(|rule| {
-            let built = build_rule(rule, plan, client);
+            let built = build_rule(rule, plan, upstreams);
             (rule.hostnames.clone(), rule.matches.clone(), built)
         });
-        Self { table: Arc::new(RouteTable::new(rules)) }
+        let mut path_parameters: Vec<String> = plan
+            .rules
+            .iter()
+            .filter_map(|rule| rule.persistence.as_ref()?.path_parameter().map(str::to_owned))
+            .collect();
+        path_parameters.sort();
+        path_parameters.dedup();
+        Self {
+            table: Arc::new(RouteTable::new(rules)),
+            path_parameters: path_parameters.into(),
+            trusted: plan.edge.forwarded.trusted().clone(),
+        }
     }
 
     /// Waits until every balancer knows the endpoints it was given (they arrive through a
@@ -187,7 +200,7 @@ impl Rule {
                     _ => {
                         sender.insert(
                             key.clone(),
-                            upstream(planned[key], &self.client, self.timeout),
+                            upstream(planned[key], &self.upstreams),
                         );
                         applied.added += 1;
                         if draining {
@@ -212,7 +225,7 @@ impl Rule {
     }
 }
 
-fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
+fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
     let scope = rule.scope.clone();
     if rule.backends.is_empty() {
         // Gateway API: a rule with no backends answers 500.
@@ -227,8 +240,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
             service: RuleService::new(service),
             endpoints: Vec::new(),
             current: Mutex::default(),
-            client: client.clone(),
-            timeout: plan.timeout,
+            upstreams: upstreams.clone(),
             balancer: None,
             expected: 0,
             initial_drains: Vec::new(),
@@ -251,7 +263,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         });
         let (sender, discover) = discover_channel();
         for endpoint in &backend.endpoints {
-            sender.insert(endpoint.key.clone(), upstream(endpoint, client, plan.timeout));
+            sender.insert(endpoint.key.clone(), upstream(endpoint, upstreams));
             expected += 1;
         }
         endpoints.push(sender);
@@ -285,18 +297,12 @@ fn build_rule(rule: &RulePlan, plan: &Plan, client: &HttpClient) -> Rule {
         service,
         endpoints,
         current: Mutex::new(current),
-        client: client.clone(),
-        timeout: plan.timeout,
+        upstreams: upstreams.clone(),
         balancer: Some(balancer),
         expected,
         initial_drains,
     }
 }
-
-/// The endpoint that served a response, for the access log (the session layer takes the
-/// balancer's `ServedBy`).
-#[derive(Clone, Debug)]
-pub(crate) struct ServedByEndpoint(pub(crate) Key);
 
 /// `service`, with its errors turned into responses and the serving endpoint noted for the
 /// access log. The services here are always ready, so each request can call a clone at once.
@@ -350,15 +356,35 @@ impl Service<Request<Body>> for Gateway {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .map(normalize_host);
-        let rule = self.table.find(host.as_deref(), req.uri().path());
-        let entry = access_log::Entry::start(&req, rule.map(|rule| rule.scope.as_str()));
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let refuse = |req: &Request<Body>, status: StatusCode, reason: &str| {
+            let entry = access_log::Entry::start(req, None, None);
+            let answer = failure::text(status, reason);
+            access_log::Logged::new(futures_util::future::Either::Right(std::future::ready(Ok(answer))), entry)
+        };
+        // One host per request: two `Host` headers, or an authority that disagrees with
+        // `Host`, could route by one host and reach the backend with the other.
+        let host = match request_host(&req) {
+            Ok(host) => host,
+            Err(err) => return refuse(&req, StatusCode::BAD_REQUEST, &err.to_string()),
+        };
+        // A tunnel to anywhere is not a route (no rule can ask for one).
+        if req.method() == Method::CONNECT {
+            return refuse(&req, StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported");
+        }
+        let request_id = self.request_id(&mut req);
+        let normalized = host.as_deref().map(normalize_host);
+        let mut path = std::borrow::Cow::Borrowed(req.uri().path());
+        for name in self.path_parameters.iter() {
+            if let std::borrow::Cow::Owned(stripped) = Url::routing_path(&path, name) {
+                path = std::borrow::Cow::Owned(stripped);
+            }
+        }
+        let rule = self.table.find(normalized.as_deref(), &path);
+        drop(path);
+        let entry =
+            access_log::Entry::start(&req, rule.map(|rule| rule.scope.as_str()), Some(request_id));
+        req.extensions_mut().insert(RequestHost(host));
         let future = match rule {
             Some(rule) => futures_util::future::Either::Left(rule.service.clone().oneshot(req)),
             None => futures_util::future::Either::Right(std::future::ready(Ok(failure::text(
@@ -369,3 +395,26 @@ impl Service<Request<Body>> for Gateway {
         access_log::Logged::new(future, entry)
     }
 }
+
+impl Gateway {
+    /// The request's id: the one a trusted proxy sent in `x-request-id`, or a new one, set
+    /// in that header for the backend.
+    fn request_id(&self, req: &mut Request<Body>) -> HeaderValue {
+        let trusted = req
+            .extensions()
+            .get::<ClientAddr>()
+            .is_some_and(|client| self.trusted.contains(client.addr.ip()));
+        if trusted
+            && let Some(id) = req.headers().get(X_REQUEST_ID)
+            && !id.is_empty()
+            && id.len() <= 200
+        {
+            return id.clone();
+        }
+        let id = access_log::new_request_id();
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
+        id
+    }
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -89,6 +89,32 @@ impl Url {
     }
 }
 
+impl Url {
+    /// The path a router should match: `path` without any path parameter `name` (a
+    /// `;name=…` in any segment), so that `/cart;jsessionid=T/items` matches a `PathPrefix
+    /// /cart` rule. Routers that choose a route *before* this layer strips the parameter (a
+    /// gateway's route table, axum's `Router` when the layer is inside it) match on this.
+    /// Borrows when there is nothing to remove.
+    ///
+    /// ```
+    /// use tower_session_persistence::strategy::Url;
+    ///
+    /// assert_eq!(Url::routing_path("/cart;jsessionid=T/items", "jsessionid"), "/cart/items");
+    /// assert_eq!(Url::routing_path("/cart;v=1", "jsessionid"), "/cart;v=1");
+    /// ```
+    pub fn routing_path<'a>(path: &'a str, name: &str) -> std::borrow::Cow<'a, str> {
+        if !path.contains(';') {
+            return std::borrow::Cow::Borrowed(path);
+        }
+        // Only the path: a `?` here is data, not a query.
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        match urls::strip(path, Place::PathParameter, name) {
+            Some(stripped) => std::borrow::Cow::Owned(stripped),
+            None => std::borrow::Cow::Borrowed(path),
+        }
+    }
+}
+
 fn with_target(uri: &Uri, target: &str) -> Option<Uri> {
     // `http://host?session=T` stripped leaves nothing; an empty path is `/` (RFC 9112 §3.2.2).
     let target = if target.is_empty() { "/" } else { target };

@@ -117,16 +117,16 @@ impl Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(err))) => Poll::Ready(Some(Err(
-                match err.downcast::<BodyIdleTimeout>() {
+            Poll::Ready(Some(Err(err))) => {
+                Poll::Ready(Some(Err(match err.downcast::<BodyIdleTimeout>() {
                     Ok(timeout) => ClientBodyError::Timeout(timeout.after),
                     Err(err) => match err.downcast::<hyper::Error>() {
                         Ok(hyper) => ClientBodyError::Malformed(*hyper),
                         // IdleTimeoutBody only passes on Incoming's errors and its own.
                         Err(_) => ClientBodyError::Timeout(Duration::ZERO),
                     },
-                },
-            ))),
+                })))
+            }
         }
     }
 

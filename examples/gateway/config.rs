@@ -14,7 +14,9 @@ use base64::engine::general_purpose::{STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_IND
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tower_session_persistence::OnUnavailable;
-use tower_session_persistence::policy::{PolicyError, SessionPersistenceConfig, parse_duration};
+use tower_session_persistence::policy::{
+    Carrier, CookieAttributes, PolicyError, SessionPersistenceConfig, parse_duration,
+};
 use tower_session_persistence::token::SignedCodec;
 
 use crate::balancing::{self, Balancing};
@@ -490,9 +492,60 @@ fn check_route(
         let rule_at = format!("{at}.spec.rules[{i}]");
         let scope = format!("{namespace}/{name}/{i}");
         let default_name = format!("sp-{namespace}-{name}-{i}");
-        rules.push(check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services)?);
+        let mut plan =
+            check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services)?;
+        if let Some(persistence) = &mut plan.persistence {
+            persistence.resolve_scope(namespace, &plan.scope);
+        }
+        check_cookie_clash(&plan, &rule_at, rules)?;
+        rules.push(plan);
     }
     Ok(())
+}
+
+/// Two rules whose session cookies have the same name, path and domain, for hosts they share,
+/// would have a browser keep one cookie for both: each rule would find the other's token and
+/// re-pin on every request. An error, unless the rules share a scope on purpose
+/// (`x-session-persistence.scope`): then one cookie is one session for both.
+fn check_cookie_clash(rule: &RulePlan, at: &str, earlier: &[RulePlan]) -> Result<(), ConfigError> {
+    let Some((persistence, cookie)) = session_cookie(rule) else { return Ok(()) };
+    for other in earlier {
+        let Some((theirs, their_cookie)) = session_cookie(other) else { continue };
+        let same_cookie = persistence.policy().name() == theirs.policy().name()
+            && cookie.path == their_cookie.path
+            && cookie.domains == their_cookie.domains;
+        if same_cookie
+            && persistence.session_scope() != theirs.session_scope()
+            && hosts_overlap(&rule.hostnames, &other.hostnames)
+        {
+            return Err(ConfigError::new(
+                format!("{at}.sessionPersistence"),
+                format!(
+                    "cookie {:?} with Path={} is also the session cookie of rule {} for the same \
+                     hosts: a browser keeps one of them and both rules would re-pin on every \
+                     request; give it another name or path, or share the sessions on purpose \
+                     with the same x-session-persistence.scope in both rules",
+                    persistence.policy().name(),
+                    cookie.path,
+                    other.scope
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn session_cookie(rule: &RulePlan) -> Option<(&Persistence, &CookieAttributes)> {
+    let persistence = rule.persistence.as_ref()?;
+    match persistence.policy().carrier() {
+        Carrier::Cookie(cookie) => Some((persistence, cookie)),
+        Carrier::Header(_) => None,
+    }
+}
+
+/// Whether some host is matched by both lists (an empty list matches any host).
+fn hosts_overlap(a: &[Hostname], b: &[Hostname]) -> bool {
+    a.is_empty() || b.is_empty() || a.iter().any(|x| b.iter().any(|y| x.overlaps(y)))
 }
 
 /// Kubernetes object names: lower-case alphanumerics and `-` (and `.` where `extra` says so),

@@ -374,7 +374,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(20)).await;
         activity.on_read();
         // A head begun: requestHeader from its first byte.
-        assert_eq!(activity.read_deadline(&t), Some(start + Duration::from_secs(25) + t.request_header));
+        assert_eq!(
+            activity.read_deadline(&t),
+            Some(start + Duration::from_secs(25) + t.request_header)
+        );
         activity.on_request(Version::HTTP_2);
         activity.on_response_end();
         activity.on_read();

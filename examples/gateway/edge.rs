@@ -192,8 +192,9 @@ pub(crate) fn check(
         max_request_headers,
     };
 
-    let trusted = TrustedProxies::parse(trusted.unwrap_or_default())
-        .map_err(|err| ConfigError::new(format!("trustedProxies[{}]", err.index), err.to_string()))?;
+    let trusted = TrustedProxies::parse(trusted.unwrap_or_default()).map_err(|err| {
+        ConfigError::new(format!("trustedProxies[{}]", err.index), err.to_string())
+    })?;
     Ok(Edge { timeouts, limits, forwarded: ForwardedHeaders::new(trusted) })
 }
 

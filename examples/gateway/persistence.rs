@@ -40,6 +40,8 @@ pub(crate) struct Extension {
     attributes: Option<Vec<String>>,
     max_clock_skew: Option<String>,
     refresh_interval: Option<String>,
+    /// Rules naming the same scope share their sessions (and may share a cookie name).
+    scope: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -122,7 +124,10 @@ enum StrategyPlan {
     Prefix,
     Passive,
     /// `in_path`: a path parameter (which routing must not see), else a query parameter.
-    Url { url: Url, in_path: bool },
+    Url {
+        url: Url,
+        in_path: bool,
+    },
 }
 
 /// A rule's checked session persistence.
@@ -133,9 +138,27 @@ pub(crate) struct Persistence {
     codec: CodecName,
     max_clock_skew: Option<Duration>,
     refresh_interval: Option<Duration>,
+    /// `x-session-persistence.scope`, as given.
+    shared_scope: Option<String>,
+    /// The scope tokens are bound to, once [`resolve_scope`](Self::resolve_scope) ran.
+    session_scope: Option<String>,
 }
 
 impl Persistence {
+    /// Binds the persistence to its session scope: the rule's own (`rule_scope`), or the
+    /// scope it shares on purpose (`<namespace>/x-scope/<name>`).
+    pub(crate) fn resolve_scope(&mut self, namespace: &str, rule_scope: &str) {
+        self.session_scope = Some(match &self.shared_scope {
+            Some(shared) => format!("{namespace}/x-scope/{shared}"),
+            None => rule_scope.to_owned(),
+        });
+    }
+
+    /// The scope its tokens are bound to.
+    pub(crate) fn session_scope(&self) -> &str {
+        self.session_scope.as_deref().unwrap_or_default()
+    }
+
     /// The policy: name, carrier, timeouts, cookie attributes.
     pub(crate) fn policy(&self) -> &SessionPolicy {
         &self.policy
@@ -203,6 +226,12 @@ impl Persistence {
     }
 }
 
+fn valid_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope.len() <= 63
+        && scope.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// What the rule does when a session's endpoint is gone (`onUnavailable`, default rebalance).
 pub(crate) fn on_unavailable(extension: Option<&Extension>) -> OnUnavailable {
     match extension.and_then(|e| e.on_unavailable) {
@@ -228,6 +257,8 @@ pub(crate) fn check(
             codec: CodecName::Signed,
             max_clock_skew: None,
             refresh_interval: None,
+            shared_scope: None,
+            session_scope: None,
         });
     };
     let ext_at = format!("{at}.x-session-persistence");
@@ -306,6 +337,16 @@ pub(crate) fn check(
         codec: ext.codec.unwrap_or_default(),
         max_clock_skew: duration(ext.max_clock_skew.as_deref(), &field("maxClockSkew"))?,
         refresh_interval: duration(ext.refresh_interval.as_deref(), &field("refreshInterval"))?,
+        shared_scope: match &ext.scope {
+            Some(scope) if !valid_scope(scope) => {
+                return Err(ConfigError::new(
+                    field("scope"),
+                    "must be 1 to 63 lower-case letters, digits or '-'",
+                ));
+            }
+            scope => scope.clone(),
+        },
+        session_scope: None,
     })
 }
 

@@ -83,7 +83,8 @@ impl Upstreams {
         };
         let places = self.settings.per_endpoint.map(|max| {
             let mut places = self.places.lock().unwrap_or_else(PoisonError::into_inner);
-            let shared = places.entry(key.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(max)));
+            let shared =
+                places.entry(key.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(max)));
             PollSemaphore::new(shared.clone())
         });
         Upstream {
@@ -435,7 +436,9 @@ fn prepare(
     // it says), and no `Host` says otherwise. HTTP/1.1: the endpoint's address in the URI
     // (only its path is written) and the client's host in `Host`.
     let authority = match (&host, h2) {
-        (Some(host), true) => Authority::try_from(host.as_str()).unwrap_or_else(|_| endpoint.clone()),
+        (Some(host), true) => {
+            Authority::try_from(host.as_str()).unwrap_or_else(|_| endpoint.clone())
+        }
         _ => endpoint.clone(),
     };
     *req.uri_mut() =

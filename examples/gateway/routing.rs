@@ -107,6 +107,19 @@ impl Hostname {
         })
     }
 
+    /// Whether some host matches both.
+    pub(crate) fn overlaps(&self, other: &Hostname) -> bool {
+        match (self, other) {
+            (Hostname::Exact(a), Hostname::Exact(b)) => a == b,
+            (Hostname::Exact(name), wild @ Hostname::Wildcard(_))
+            | (wild @ Hostname::Wildcard(_), Hostname::Exact(name)) => wild.rank(name).is_some(),
+            // `*.a.example` and `*.example`: hosts under the longer suffix match both.
+            (Hostname::Wildcard(a), Hostname::Wildcard(b)) => {
+                a.ends_with(b.as_str()) || b.ends_with(a.as_str())
+            }
+        }
+    }
+
     /// `(characters of a matching exact hostname, characters of the matching hostname)`, or
     /// `None` when `host` does not match.
     fn rank(&self, host: &str) -> Option<(usize, usize)> {

@@ -375,8 +375,12 @@ const H2_PING: Duration = Duration::from_secs(20);
 
 /// Drives one connection until it ends, or until shutdown: then at once when no request is
 /// in flight (a half-sent head included), else after hyper's graceful close.
-async fn drive<C>(connection: C, activity: &Activity, mut stop: watch::Receiver<bool>, client: SocketAddr)
-where
+async fn drive<C>(
+    connection: C,
+    activity: &Activity,
+    mut stop: watch::Receiver<bool>,
+    client: SocketAddr,
+) where
     C: GracefulConnection<Error: std::fmt::Display>,
 {
     let mut connection = std::pin::pin!(connection);

@@ -20,11 +20,11 @@ use http::{Method, Request, Response, StatusCode};
 use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_session_persistence::ServedBy;
-use tower_session_persistence::edge::{TrustedProxies, request_host};
-use tower_session_persistence::strategy::Url;
 use tower_session_persistence::balance::{
     Balancer, DiscoverSender, EndpointState, discover_channel,
 };
+use tower_session_persistence::edge::{TrustedProxies, request_host};
+use tower_session_persistence::strategy::Url;
 
 use crate::config::{EndpointPlan, Plan, RulePlan};
 use crate::proxy::{ClientAddr, RequestHost, ServedByEndpoint, Upstream, Upstreams};
@@ -198,10 +198,7 @@ impl Rule {
                     }
                     // New, or moved to another address: a new endpoint under the same key.
                     _ => {
-                        sender.insert(
-                            key.clone(),
-                            upstream(planned[key], &self.upstreams),
-                        );
+                        sender.insert(key.clone(), upstream(planned[key], &self.upstreams));
                         applied.added += 1;
                         if draining {
                             // Known to the balancer only once its discovery task has run;
@@ -283,7 +280,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
         Some(persistence) => {
             let session = persistence.policy().name();
             tracing::info!(rule = %scope, session, endpoints = expected, "rule ready");
-            let layer = persistence.layer::<Key>(&plan.keys, &scope);
+            let layer = persistence.layer::<Key>(&plan.keys, persistence.session_scope());
             // Errors become responses beneath the layer, so that it sees a rejected session.
             RuleService::new(layer.layer(answered))
         }
@@ -360,7 +357,10 @@ impl Service<Request<Body>> for Gateway {
         let refuse = |req: &Request<Body>, status: StatusCode, reason: &str| {
             let entry = access_log::Entry::start(req, None, None);
             let answer = failure::text(status, reason);
-            access_log::Logged::new(futures_util::future::Either::Right(std::future::ready(Ok(answer))), entry)
+            access_log::Logged::new(
+                futures_util::future::Either::Right(std::future::ready(Ok(answer))),
+                entry,
+            )
         };
         // One host per request: two `Host` headers, or an authority that disagrees with
         // `Host`, could route by one host and reach the backend with the other.

@@ -110,7 +110,11 @@ impl<IO: AsyncRead> AsyncRead for Noticed<IO> {
 }
 
 impl<IO: AsyncWrite> AsyncWrite for Noticed<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled

@@ -162,7 +162,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_steady_body_longer_than_the_timeout_is_never_cut() {
         let started = Instant::now();
-        let body = IdleTimeoutBody::new(trickle(Duration::from_secs(4), 20), Duration::from_secs(5));
+        let body =
+            IdleTimeoutBody::new(trickle(Duration::from_secs(4), 20), Duration::from_secs(5));
         assert_eq!(drain(Box::pin(body)).await, Ok(20));
         assert!(started.elapsed() >= Duration::from_secs(80));
     }

@@ -566,7 +566,8 @@ mod tests {
         assert!(SessionPolicy::cookie("__Host-s").build().is_ok());
         assert!(SessionPolicy::cookie("__Secure-s").domain("a.example").path("/x").build().is_ok());
         assert!(SessionPolicy::cookie("s").same_site(Some(SameSite::None)).build().is_ok());
-        for smuggled in ["Max-Age=1", "expires=Thu, 01 Jan 2099 00:00:00 GMT", "Domain=x", "path=/"] {
+        for smuggled in ["Max-Age=1", "expires=Thu, 01 Jan 2099 00:00:00 GMT", "Domain=x", "path=/"]
+        {
             let err = SessionPolicy::cookie("s").attribute(smuggled).build().unwrap_err();
             assert_eq!(err.field(), "cookie.attributes", "{smuggled}");
         }

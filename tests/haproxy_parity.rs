@@ -112,8 +112,8 @@ const MODES: &[Mode] = &[
     },
     Mode {
         name: "attrs",
-        haproxy: "cookie SRV insert indirect nocache httponly secure domain .example.com domain .example.net attr \"SameSite=Lax\" attr \"Max-Age=3600\"",
-        gateway: "{sessionName: SRV}\n          x-session-persistence: {codec: plain, nocache: true, secure: true, httpOnly: true, sameSite: Lax, domain: [.example.com, .example.net], attributes: [Max-Age=3600]}",
+        haproxy: "cookie SRV insert indirect nocache httponly secure domain .example.com domain .example.net attr \"SameSite=Lax\" attr \"Priority=High\"",
+        gateway: "{sessionName: SRV}\n          x-session-persistence: {codec: plain, nocache: true, secure: true, httpOnly: true, sameSite: Lax, domain: [.example.com, .example.net], attributes: [Priority=High]}",
     },
     Mode {
         name: "postonly",
@@ -526,7 +526,7 @@ async fn every_cookie_attribute() {
         "httponly",
         "secure",
         "samesite=Lax",
-        "max-age=3600",
+        "priority=High",
     ] {
         assert!(attributes.contains(expected), "{expected} missing: {attributes:?}");
     }

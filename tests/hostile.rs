@@ -5,7 +5,11 @@
 //! Every test runs the layer over a `service_fn` stand-in for a balancer, once with the signed
 //! codec and once with the sealed one.
 
-#![cfg(all(feature = "signed", feature = "sealed"))]
+// Without its features this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(all(feature = "signed", feature = "sealed")))]
+compile_error!(
+    "tests/hostile.rs needs the features signed, sealed (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
 use std::sync::Arc;

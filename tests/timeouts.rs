@@ -10,7 +10,11 @@
 //! The layer reads the wall clock; the tests set the token's dates relative to it and skip the
 //! rare case whose second changed during the call.
 
-#![cfg(feature = "sealed")]
+// Without its feature this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(feature = "sealed"))]
+compile_error!(
+    "tests/timeouts.rs needs the feature sealed (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

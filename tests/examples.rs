@@ -27,17 +27,27 @@ fn distinct(pods: &[String]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn axum_layer_keeps_shop_and_upload_sessions_and_balances_the_rest() {
-    let report = axum_layer::run().await.unwrap();
+    let mut report = axum_layer::run().await.unwrap();
+    if distinct(&report.profile) == 1 {
+        // Twelve balanced requests over three idle pods (p2c picks at random) all on one: one
+        // chance in 59 049. Once more: both runs so, one in 3.5 billion; a balancer that never
+        // spreads fails every time. (Deterministic would need the example to hold requests in
+        // flight, as tests/grpc.rs does.)
+        report = axum_layer::run().await.unwrap();
+    }
     assert_eq!(distinct(&report.shop), 1, "{report:?}");
     assert_eq!(distinct(&report.upload), 1, "{report:?}");
-    // Twelve balanced requests over three pods all on one: one chance in 59 049.
     assert!(distinct(&report.profile) > 1, "{report:?}");
     assert_eq!(report.after_removal.0, 503, "the cart's pod is gone and the policy rejects");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hyper_service_keeps_the_client_with_a_cookie_and_balances_fresh_ones() {
-    let report = hyper_service::run().await.unwrap();
+    let mut report = hyper_service::run().await.unwrap();
+    if distinct(&report.fresh) == 1 {
+        // Twelve fresh clients all on one of three backends: one chance in 59 049 (see above).
+        report = hyper_service::run().await.unwrap();
+    }
     assert_eq!(report.with_cookie.len(), 6);
     assert_eq!(distinct(&report.with_cookie), 1, "{report:?}");
     assert!(distinct(&report.fresh) > 1, "{report:?}");

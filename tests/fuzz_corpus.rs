@@ -3,7 +3,11 @@
 //! found, stays a regression test. The targets live in `fuzz/targets.rs`; run the fuzzer itself
 //! with `cargo +nightly fuzz run <target>` from the repository root (see docs/SECURITY.md).
 
-#![cfg(all(feature = "signed", feature = "sealed", feature = "serde"))]
+// Without its features this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(all(feature = "signed", feature = "sealed", feature = "serde")))]
+compile_error!(
+    "tests/fuzz_corpus.rs needs the features signed, sealed, serde (on by default): run it with default features"
+);
 
 #[path = "../fuzz/targets.rs"]
 mod targets;

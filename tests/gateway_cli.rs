@@ -129,10 +129,40 @@ fn answer(name: &'static str, mut req: Request<Incoming>) -> Response<Full<Bytes
     res.body(Full::new(Bytes::from(name.to_owned()))).unwrap()
 }
 
-/// An address where nothing listens: its listener was bound, then dropped.
-fn dead_address() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+/// An address where nothing listens, and where nothing else can start to while the returned
+/// socket lives: it is bound and never listens, so connections to it are refused. (A listener
+/// bound and dropped would free the port for any other test to take.)
+fn dead_address() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
+/// Replaces a file's contents at once (a new file renamed over it), so that a gateway polling
+/// it never reads it half-written.
+fn rewrite(path: &std::path::Path, contents: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// How many lines of the gateway's log contain `needle` so far.
+fn log_lines(gw: &gateway_process::Gateway, needle: &str) -> usize {
+    gw.stderr.lock().unwrap().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// Waits until the gateway's log has more than `before` lines containing `needle`: the
+/// evidence that it acted on something (a reload, say). Bounded by `PATIENCE`.
+async fn wait_for_log(gw: &gateway_process::Gateway, needle: &str, before: usize) {
+    let deadline = tokio::time::Instant::now() + gateway_process::PATIENCE;
+    while log_lines(gw, needle) <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no new `{needle}` in the log:\n{}",
+            gw.stderr.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ----- Clients and configs. -----
@@ -771,7 +801,7 @@ async fn demo_mode_counts_visits_while_the_session_sticks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_answer_502_504_and_404() {
-    let dead = dead_address();
+    let (dead, _bound) = dead_address();
     // Accepts connections (the kernel does) but never answers.
     let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let config = format!(
@@ -900,11 +930,13 @@ routes:
     };
 
     // Scale up to d and drain a (a's ids are the default `<service>/<address>` keys).
-    std::fs::write(
+    const RELOADED: &str = "configuration reloaded";
+    let reloads = log_lines(&gw, RELOADED);
+    rewrite(
         &file.0,
-        config(&format!("{{address: \"{a}\", draining: true}}, \"{b}\", \"{c}\", \"{d}\"")),
-    )
-    .unwrap();
+        &config(&format!("{{address: \"{a}\", draining: true}}, \"{b}\", \"{c}\", \"{d}\"")),
+    );
+    wait_for_log(&gw, RELOADED, reloads).await;
     let fresh = fresh_client();
     let mut reached_d = false;
     for _ in 0..300 {
@@ -921,14 +953,17 @@ routes:
     }
 
     // Remove a, and force the re-read with SIGHUP: only a's sessions move, once.
-    std::fs::write(&file.0, config(&format!("\"{b}\", \"{c}\", \"{d}\""))).unwrap();
+    let reloads = log_lines(&gw, RELOADED);
+    rewrite(&file.0, &config(&format!("\"{b}\", \"{c}\", \"{d}\"")));
     let status = std::process::Command::new("kill")
         .args(["-HUP", &gw.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    wait_for_log(&gw, RELOADED, reloads).await;
     let on_a: Vec<_> = sessions.iter().filter(|(_, on)| on == "a").cloned().collect();
     let others: Vec<_> = sessions.iter().filter(|(_, on)| on != "a").cloned().collect();
+    let mut moved_from_a = Vec::new();
     for (jar, _) in &on_a {
         let mut moved = None;
         for _ in 0..300 {
@@ -943,13 +978,18 @@ routes:
         assert!(set_cookies(&moved).iter().any(|c| c.starts_with("sticky=")), "re-pinned");
         let now_on = served_by(&moved);
         assert_eq!(served_by(&get(jar, &gw.url).await), now_on);
+        moved_from_a.push((jar.clone(), now_on));
     }
     stays(&others).await;
 
-    // A broken file changes nothing.
-    std::fs::write(&file.0, "services: [{name: echo, endpoints: []}]\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A broken file changes nothing: once the gateway has read it (and said so), every
+    // session stays where it was.
+    const REFUSED: &str = "configuration not reloaded";
+    let refusals = log_lines(&gw, REFUSED);
+    rewrite(&file.0, "services: [{name: echo, endpoints: []}]\n");
+    wait_for_log(&gw, REFUSED, refusals).await;
     stays(&others).await;
+    stays(&moved_from_a).await;
 }
 
 /// One access-log line per request with the session decision and the endpoint; never a token.
@@ -987,15 +1027,19 @@ routes:
             .collect::<Vec<_>>()
     };
     // A client on b, then b stops: its next request is rejected.
-    let (jar, token) = loop {
+    // Fresh clients are balanced over a and b: 100 of them all on a is one chance in 2^100.
+    let mut on_b = None;
+    for _ in 0..100 {
         let jar = jar_client();
         let res = get(&jar, &format!("{}/cart;v=1?q=secret", gw.url)).await;
         if served_by(&res) == "b" {
             let cookie = set_cookies(&res).into_iter().find(|c| c.starts_with("sticky=")).unwrap();
             let token = cookie["sticky=".len()..].split(';').next().unwrap().to_owned();
-            break (jar, token);
+            on_b = Some((jar, token));
+            break;
         }
-    };
+    }
+    let (jar, token) = on_b.expect("no fresh client reached b");
     assert!(set_cookies(&get(&jar, &gw.url).await).is_empty(), "pinned: nothing re-issued");
     let [_, b] = backends;
     b.stop().await;

@@ -12,9 +12,10 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -51,14 +52,49 @@ struct HelloReply {
 
 const SAY_HELLO: &str = "/test.Greeter/SayHello";
 
-/// A tonic server whose one unary method answers the backend's name.
-async fn grpc_backend(name: &'static str) -> SocketAddr {
-    let greeter = tower::service_fn(move |req: Request<tonic::body::Body>| async move {
-        let say_hello = tower::service_fn(move |_: tonic::Request<HelloRequest>| async move {
-            Ok::<_, tonic::Status>(tonic::Response::new(HelloReply { backend: name.to_owned() }))
-        });
-        let mut grpc = tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
-        Ok::<_, Infallible>(grpc.unary(say_hello, req).await)
+/// Calls from a client named `hold` wait at their backend until the test releases them.
+struct Hold {
+    arrived: AtomicUsize,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self { arrived: AtomicUsize::new(0), release: tokio::sync::Semaphore::new(0) }
+    }
+}
+
+impl Hold {
+    /// Waits until `n` held calls have reached their backends.
+    async fn arrived(&self, n: usize) {
+        while self.arrived.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// A tonic server whose one unary method answers the backend's name (after holding the call,
+/// for a client named `hold`).
+async fn grpc_backend(name: &'static str, hold: &Arc<Hold>) -> SocketAddr {
+    let hold = hold.clone();
+    let greeter = tower::service_fn(move |req: Request<tonic::body::Body>| {
+        let hold = hold.clone();
+        async move {
+            let say_hello = tower::service_fn(move |req: tonic::Request<HelloRequest>| {
+                let hold = hold.clone();
+                async move {
+                    if req.get_ref().name == "hold" {
+                        hold.arrived.fetch_add(1, Ordering::SeqCst);
+                        hold.release.acquire().await.unwrap().forget();
+                    }
+                    let reply = HelloReply { backend: name.to_owned() };
+                    Ok::<_, tonic::Status>(tonic::Response::new(reply))
+                }
+            });
+            let mut grpc =
+                tonic::server::Grpc::new(ProstCodec::<HelloReply, HelloRequest>::default());
+            Ok::<_, Infallible>(grpc.unary(say_hello, req).await)
+        }
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -115,9 +151,17 @@ async fn say_hello(
     channel: &Channel,
     session: Option<&MetadataValue<tonic::metadata::Ascii>>,
 ) -> (String, Option<MetadataValue<tonic::metadata::Ascii>>) {
+    say_hello_as("client", channel, session).await
+}
+
+async fn say_hello_as(
+    name: &str,
+    channel: &Channel,
+    session: Option<&MetadataValue<tonic::metadata::Ascii>>,
+) -> (String, Option<MetadataValue<tonic::metadata::Ascii>>) {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
-    let mut req = tonic::Request::new(HelloRequest { name: "client".to_owned() });
+    let mut req = tonic::Request::new(HelloRequest { name: name.to_owned() });
     if let Some(session) = session {
         req.metadata_mut().insert("x-session", session.clone());
     }
@@ -131,11 +175,36 @@ async fn connect(url: &str) -> Channel {
     tonic::transport::Endpoint::from_shared(url.to_owned()).unwrap().connect().await.unwrap()
 }
 
+/// Two calls without a session in flight together, multiplexed on one new HTTP/2 connection
+/// (so that a gateway serves both on the same thread, with the same balancer): the first is
+/// held at its backend until the second has reached its own. p2c compares the loads of two
+/// endpoints, and the held call's endpoint is busy, so the second call goes to another
+/// backend: balanced, every time, with no chance involved. Returns both backends, each call
+/// given a session.
+async fn two_fresh_calls_at_once(url: &str, hold: &Hold) -> [String; 2] {
+    let channel = connect(url).await;
+    let call = |channel: Channel| {
+        tokio::spawn(async move {
+            let (backend, session) = say_hello_as("hold", &channel, None).await;
+            assert!(session.is_some(), "a call without a session is given one");
+            backend
+        })
+    };
+    let before = hold.arrived.load(Ordering::SeqCst);
+    let first = call(channel.clone());
+    hold.arrived(before + 1).await;
+    let second = call(channel);
+    hold.arrived(before + 2).await;
+    hold.release.add_permits(2);
+    [first.await.unwrap(), second.await.unwrap()]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_client_echoing_its_session_metadata_stays_on_one_backend() {
+    let hold = Arc::new(Hold::default());
     let mut backends = Vec::new();
     for name in ["grpc-1", "grpc-2", "grpc-3"] {
-        backends.push((name.to_owned(), grpc_backend(name).await));
+        backends.push((name.to_owned(), grpc_backend(name, &hold).await));
     }
     let policy = SessionPolicy::header("x-session").build().unwrap();
     let url = gateway(policy, &backends, true).await;
@@ -158,13 +227,8 @@ async fn a_grpc_client_echoing_its_session_metadata_stays_on_one_backend() {
     assert_eq!(backend, pinned);
 
     // Clients without a session are balanced, and each is given one.
-    let mut seen = HashSet::new();
-    for _ in 0..12 {
-        let (backend, session) = say_hello(&connect(&url).await, None).await;
-        assert!(session.is_some());
-        seen.insert(backend);
-    }
-    assert!(seen.len() > 1, "twelve fresh clients all reached {seen:?}");
+    let [one, two] = two_fresh_calls_at_once(&url, &hold).await;
+    assert_ne!(one, two, "two calls without a session, at once, reached the same backend");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,9 +290,10 @@ mod gateway_process;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_through_the_gateway_keeps_its_backend() {
     let names = ["g1", "g2", "g3"];
+    let hold = Arc::new(Hold::default());
     let mut endpoints = Vec::new();
     for name in names {
-        endpoints.push(format!("\"{}\"", grpc_backend(name).await));
+        endpoints.push(format!("\"{}\"", grpc_backend(name, &hold).await));
     }
     let config = format!(
         "keys: [\"{key}\"]
@@ -257,9 +322,6 @@ routes:
         assert_eq!(backend, first);
         assert!(again.is_none(), "an unchanged session is not re-issued");
     }
-    let mut seen = HashSet::new();
-    for _ in 0..30 {
-        seen.insert(say_hello(&connect(&gw.url).await, None).await.0);
-    }
-    assert!(seen.len() >= 2, "fresh clients are balanced: {seen:?}");
+    let [one, two] = two_fresh_calls_at_once(&gw.url, &hold).await;
+    assert_ne!(one, two, "two calls without a session, at once, reached the same backend");
 }

@@ -8,17 +8,25 @@
 //! `/app-srv`, `/app-jsession` and `/logout`, an `ETag` on `/etag` and `Cache-Control:
 //! max-age=60` on `/maxage`.
 //!
-//! `.ci/run` installs HAProxy. Where it is missing and `CI` is not set, the tests say so on
-//! stderr and pass without comparing: `cargo test` must work on a fresh machine. Under CI a
-//! missing HAProxy fails them.
+//! `.ci/run` installs HAProxy. Where it is missing and `CI` is not set, each test reports
+//! itself skipped (`SKIPPED <test>: ...` in `cargo test`'s output, see
+//! `tests/common/external.rs`) and compares nothing: `cargo test` must work on a fresh
+//! machine. Under CI a missing HAProxy fails them, and so does any version but 2.6.
+//!
+//! Ports: HAProxy listens on a socket this test bound (port 0, kept open) and handed to it as
+//! its standard input (`bind fd@0`): no port is ever picked, freed and reused, so no other
+//! process can take it in between. One listener serves every mode; the `Host` header chooses
+//! the mode's backend, as it chooses the route in the gateway.
 
+mod common;
 mod gateway_process;
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gateway_process::{Gateway, TempFile, start_gateway};
@@ -132,13 +140,10 @@ const MODES: &[Mode] = &[
     },
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Haproxy {
     child: Child,
-    ports: Vec<(&'static str, u16)>,
+    url: String,
+    stderr: Arc<Mutex<String>>,
     _config: TempFile,
 }
 
@@ -149,42 +154,57 @@ impl Drop for Haproxy {
     }
 }
 
-fn haproxy_binary() -> Option<String> {
-    let found = Command::new("haproxy").arg("-v").output().ok()?;
-    found.status.success().then(|| "haproxy".to_owned())
+/// HAProxy 2.6, or `None` (reported as skipped) where it is missing outside CI.
+fn haproxy_program() -> Option<common::external::Program> {
+    let haproxy = common::external::require("haproxy", "-v", "apt-get install haproxy")?;
+    assert!(
+        haproxy.version.starts_with("HAProxy version 2.6."),
+        "the differential tests compare with HAProxy 2.6 (Debian 12's package); found {:?}",
+        haproxy.version
+    );
+    Some(haproxy)
 }
 
-async fn start_haproxy(binary: &str, s1: SocketAddr, s2: SocketAddr) -> Haproxy {
+async fn start_haproxy(haproxy: &str, s1: SocketAddr, s2: SocketAddr) -> Haproxy {
+    // Bound here and kept: HAProxy inherits it as its standard input.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = String::from(
-        "global\n    nbthread 1\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n    balance roundrobin\n",
+        "global\n    nbthread 1\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n    balance roundrobin\nfrontend proxies\n    bind fd@0\n",
     );
-    let mut ports = Vec::new();
     for mode in MODES {
-        let port = free_port();
-        ports.push((mode.name, port));
         config.push_str(&format!(
-            "listen p_{name}\n    bind 127.0.0.1:{port}\n    {line}\n    server s1 {s1} cookie s1\n    server s2 {s2} cookie s2\n",
+            "    use_backend p_{name} if {{ hdr(host) -i {name}.test }}\n",
+            name = mode.name
+        ));
+    }
+    for mode in MODES {
+        config.push_str(&format!(
+            "backend p_{name}\n    {line}\n    server s1 {s1} cookie s1\n    server s2 {s2} cookie s2\n",
             name = mode.name,
             line = mode.haproxy,
         ));
     }
     let file = TempFile::new(&config);
-    let child = Command::new(binary)
+    let mut child = Command::new(haproxy)
         .arg("-db")
         .arg("-f")
         .arg(&file.0)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("haproxy starts");
-    let haproxy = Haproxy { child, ports, _config: file };
-    // Ready when every listener accepts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (_, port) in &haproxy.ports {
-        while tokio::net::TcpStream::connect(("127.0.0.1", *port)).await.is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let stderr = gateway_process::drain(child.stderr.take().expect("piped"));
+    let haproxy = Haproxy { child, url, stderr, _config: file };
+    // The socket listens already, so a request waits in its backlog until HAProxy serves it;
+    // one that gets no answer means HAProxy did not start.
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let probe = Request::get(&haproxy.url).header("host", "insert.test").body(Empty::new());
+    let answer = tokio::time::timeout(Duration::from_secs(20), client.request(probe.unwrap()));
+    if !matches!(answer.await, Ok(Ok(ref res)) if res.status() == 200) {
+        panic!("HAProxy does not answer; its stderr:\n{}", haproxy.stderr.lock().unwrap());
     }
     haproxy
 }
@@ -264,11 +284,9 @@ impl Bed {
         path: &str,
         cookie: Option<&str>,
     ) -> (Answer, Answer) {
-        let port = self.haproxy.ports.iter().find(|(name, _)| *name == mode).unwrap().1;
-        let theirs =
-            self.send(&format!("http://127.0.0.1:{port}"), "x", &method, path, cookie).await;
-        let ours =
-            self.send(&self.gateway.url, &format!("{mode}.test"), &method, path, cookie).await;
+        let host = format!("{mode}.test");
+        let theirs = self.send(&self.haproxy.url, &host, &method, path, cookie).await;
+        let ours = self.send(&self.gateway.url, &host, &method, path, cookie).await;
         (theirs, ours)
     }
 }
@@ -344,17 +362,13 @@ fn assert_same(case: &str, name: &str, theirs: &Answer, ours_: &Answer, pinned: 
     );
 }
 
+/// Both proxies in front of the same origins; `None` (the test reported as skipped) where
+/// HAProxy is missing outside CI.
 async fn bed() -> Option<(Bed, Vec<tokio::task::JoinHandle<()>>)> {
-    let Some(binary) = haproxy_binary() else {
-        assert!(std::env::var_os("CI").is_none(), "CI must have HAProxy: .ci/run installs it");
-        eprintln!(
-            "haproxy is not installed: the differential tests compare nothing (apt-get install haproxy)"
-        );
-        return None;
-    };
+    let binary = haproxy_program()?;
     let (s1, t1) = origin("s1").await;
     let (s2, t2) = origin("s2").await;
-    let haproxy = start_haproxy(&binary, s1, s2).await;
+    let haproxy = start_haproxy(&binary.name, s1, s2).await;
     let gateway = start_our_gateway(s1, s2).await;
     let client = Client::builder(TokioExecutor::new()).build_http();
     Some((Bed { client, haproxy, gateway }, vec![t1, t2]))

@@ -5,9 +5,15 @@
 //! Every test runs the layer over a `service_fn` stand-in for a balancer, once with the signed
 //! codec and once with the sealed one.
 
-#![cfg(all(feature = "signed", feature = "sealed"))]
+// Without its features this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(all(feature = "signed", feature = "sealed")))]
+compile_error!(
+    "tests/hostile.rs needs the features signed, sealed (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -210,20 +216,113 @@ async fn a_thousand_cookies() {
     }
 }
 
+/// Tokens in each keyed codec's documented format (see `SignedCodec` and `SealedCodec`),
+/// written here with the ciphers themselves rather than by the codecs: they can be longer than
+/// any token the codecs would write, and still authentic.
+mod forge {
+    use aes_siv::aead::KeyInit;
+    use aes_siv::siv::Aes128Siv;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use chacha20poly1305::aead::AeadInOut;
+    use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+    use hkdf::Hkdf;
+    use sha2::Sha256;
+    use tower_session_persistence::token::{Binding, Claims};
+
+    fn seconds(t: Option<u64>) -> [u8; 4] {
+        u32::try_from(t.unwrap_or(0)).unwrap().to_be_bytes()
+    }
+
+    /// `base64url(version ‖ issued ‖ refreshed ‖ tag ‖ ciphertext)`, AES-SIV under
+    /// HKDF-SHA256(salt = label, key) expanded with `aes-128-siv`; the associated data are the
+    /// label, the name, the scope and the clear header.
+    pub(super) fn signed(key: &[u8], claims: &Claims, b: Binding<'_>) -> String {
+        const LABEL: &[u8] = b"tower-session-persistence/signed/v1";
+        let mut okm = [0u8; 32];
+        Hkdf::<Sha256>::new(Some(LABEL), key).expand(b"aes-128-siv", &mut okm).unwrap();
+        let header = [&[1u8][..], &seconds(claims.issued), &seconds(claims.refreshed)].concat();
+        let mut ciphertext = claims.endpoint.clone();
+        let tag = Aes128Siv::new(&okm.into())
+            .encrypt_inout_detached(
+                [LABEL, b.name.as_bytes(), b.scope.as_bytes(), &header],
+                ciphertext.as_mut_slice().into(),
+            )
+            .unwrap();
+        URL_SAFE_NO_PAD.encode([&header[..], &tag, &ciphertext].concat())
+    }
+
+    /// `base64url(version ‖ key id ‖ nonce ‖ ciphertext ‖ tag)`, XChaCha20-Poly1305 under
+    /// HKDF-SHA256(salt = label, key) expanded with `xchacha20-poly1305` (the key id: one byte
+    /// expanded with `key-id`); the plaintext is the two dates and the endpoint's length and
+    /// key, zero-padded to a multiple of 32 bytes; the associated data are the label, version,
+    /// key id, and the name and scope each after its length as a big-endian `u64`.
+    pub(super) fn sealed(key: &[u8], claims: &Claims, b: Binding<'_>) -> String {
+        const LABEL: &[u8] = b"tower-session-persistence/sealed/v1";
+        let hkdf = Hkdf::<Sha256>::new(Some(LABEL), key);
+        let (mut okm, mut id) = ([0u8; 32], [0u8; 1]);
+        hkdf.expand(b"xchacha20-poly1305", &mut okm).unwrap();
+        hkdf.expand(b"key-id", &mut id).unwrap();
+        let nonce = [9u8; 24];
+        let len = u16::try_from(claims.endpoint.len()).unwrap().to_be_bytes();
+        let mut plain =
+            [&seconds(claims.issued)[..], &seconds(claims.refreshed), &len, &claims.endpoint]
+                .concat();
+        plain.resize(plain.len().next_multiple_of(32), 0);
+        let mut ad = [LABEL, &[1, id[0]]].concat();
+        for part in [b.name.as_bytes(), b.scope.as_bytes()] {
+            ad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            ad.extend_from_slice(part);
+        }
+        let tag = XChaCha20Poly1305::new(&okm.into())
+            .encrypt_inout_detached(
+                &XNonce::try_from(&nonce[..]).unwrap(),
+                &ad,
+                plain.as_mut_slice().into(),
+            )
+            .unwrap();
+        URL_SAFE_NO_PAD.encode([&[1, id[0]][..], &nonce, &plain, &tag].concat())
+    }
+}
+
+fn forged(kind: Kind, claims: &Claims) -> String {
+    match kind {
+        Kind::Signed => forge::signed(&KEY, claims, BINDING),
+        Kind::Sealed => forge::sealed(&KEY, claims, BINDING),
+    }
+}
+
 #[test]
 fn decoders_refuse_tokens_over_their_length_limit() {
-    for kind in KINDS {
+    let t = now();
+    let claims =
+        |len: usize| Claims { endpoint: vec![b'x'; len], issued: Some(t), refreshed: Some(t) };
+    // The longest endpoint keys whose tokens fit in 1024 characters (docs/SECURITY.md).
+    for (kind, longest) in [(Kind::Signed, 743), (Kind::Sealed, 694)] {
         let codec = codec(kind);
-        // A valid token padded out is refused before any base64 or cryptography.
-        let token = valid(kind);
-        assert!(token.len() < 1024);
-        for len in [1025, 4096, 64 * 1024] {
-            let long = format!("{token}{}", "A".repeat(len - token.len()));
+        // An authentic token at the limit is accepted: the forging is right...
+        let fits = forged(kind, &claims(longest));
+        assert!(fits.len() <= 1024, "{kind:?}: {}", fits.len());
+        assert!(codec.decode(&fits, BINDING) == Some(claims(longest)), "{kind:?}: refused");
+        if let Kind::Signed = kind {
+            // (AES-SIV is deterministic: the codec writes the very same token.)
+            assert!(codec.encode(&claims(longest), BINDING) == Some(fits), "{kind:?}: differs");
+        }
+        // ...and one byte more of endpoint key makes an authentic token over the limit, which
+        // only the length check can refuse: its MAC and its base64 are fine.
+        let over = forged(kind, &claims(longest + 1));
+        assert!(over.len() > 1024, "{kind:?}: {}", over.len());
+        assert!(codec.decode(&over, BINDING).is_none(), "{kind:?}: an over-long token accepted");
+        // The codec never writes that token either.
+        assert_eq!(codec.encode(&claims(longest + 1), BINDING), None, "{kind:?}");
+        // Well-formed version bytes followed by more than a token can hold: no session, and
+        // no panic (past the limit, the decoders' fixed buffers are too small).
+        for len in [1025, 1100, 1364, 1368, 4096, 64 * 1024] {
+            let long = format!("AQ{}", "A".repeat(len - 2));
             assert_eq!(codec.decode(&long, BINDING), None, "{kind:?} {len}");
         }
-        // An endpoint key too long for the limit is never written either.
-        let huge = Claims { endpoint: vec![b'x'; 2000], issued: Some(now()), refreshed: None };
-        assert_eq!(codec.encode(&huge, BINDING), None, "{kind:?}");
+        // An endpoint key far too long for the limit is never written.
+        assert_eq!(codec.encode(&claims(2000), BINDING), None, "{kind:?}");
     }
 }
 
@@ -467,14 +566,90 @@ async fn tokens_forged_with_a_plain_endpoint_id() {
     }
 }
 
+/// A codec that moves the layer's clock forward: the layer reads the wall clock, and this codec
+/// dates every token it writes `ahead` seconds later than the layer says, and shows it every
+/// token `ahead` seconds earlier than written. Raising `ahead` by `t` is, to the layer, `t`
+/// seconds passing.
+struct Later<C> {
+    inner: C,
+    ahead: Arc<AtomicU64>,
+}
+
+impl<C: Codec> Codec for Later<C> {
+    fn encode(&self, claims: &Claims, b: Binding<'_>) -> Option<String> {
+        let ahead = self.ahead.load(Ordering::SeqCst);
+        let shift = |t: Option<u64>| t.map(|t| t + ahead);
+        let claims = Claims {
+            issued: shift(claims.issued),
+            refreshed: shift(claims.refreshed),
+            ..claims.clone()
+        };
+        self.inner.encode(&claims, b)
+    }
+
+    fn decode(&self, token: &str, b: Binding<'_>) -> Option<Claims> {
+        let ahead = self.ahead.load(Ordering::SeqCst);
+        let shift = |t: Option<u64>| t.map(|t| t - ahead);
+        let claims = self.inner.decode(token, b)?;
+        Some(Claims { issued: shift(claims.issued), refreshed: shift(claims.refreshed), ..claims })
+    }
+}
+
 #[tokio::test]
 async fn a_stolen_token_is_honoured_only_until_it_expires() {
     // Tokens are bearer credentials for routing: within its lifetime a copied token pins its
-    // holder too (what it gives is a backend, not an identity). The timeouts bound how long.
+    // holder too (what it gives is a backend, not an identity). The timeouts bound how long:
+    // the idle timeout (10 min) a token replayed as it was taken, the absolute timeout (1 h) a
+    // thief who keeps every token the layer refreshes.
     for kind in KINDS {
+        let ahead = Arc::new(AtomicU64::new(0));
+        let later = |ahead: &Arc<AtomicU64>| {
+            let ahead = ahead.clone();
+            let policy = sid();
+            match kind {
+                Kind::Signed => SessionPersistenceLayer::new(
+                    policy,
+                    Later { inner: SignedCodec::new([KEY]).unwrap(), ahead },
+                ),
+                Kind::Sealed => SessionPersistenceLayer::new(
+                    policy,
+                    Later { inner: SealedCodec::new([KEY]).unwrap(), ahead },
+                ),
+            }
+            .scope(SCOPE)
+        };
+        let layer = later(&ahead);
+        let at = async |seconds: u64, token: &str| {
+            ahead.store(seconds, Ordering::SeqCst);
+            send(layer.clone(), with_cookies(&[format!("sid={token}").as_bytes()])).await
+        };
         let stolen = valid(kind);
-        let res = send(layer(kind), with_cookies(&[format!("sid={stolen}").as_bytes()])).await;
-        assert_pinned(kind, &res);
+
+        // Replayed as taken: honoured just under the idle timeout, not at it. (The wall clock
+        // only adds to the age: the margin below the timeout is for a second ticking.)
+        for seconds in [0, 60, 590] {
+            let res = at(seconds, &stolen).await;
+            assert_eq!(res.headers()["x-backend"], PINNED, "{kind:?} at {seconds} s");
+            assert_eq!(decision(&res), Decision::Pinned, "{kind:?} at {seconds} s");
+        }
+        let res = at(600, &stolen).await;
+        assert_no_session(kind, &res, Decision::Expired);
+
+        // Kept fresh: every refresh the layer writes is taken too, yet the absolute timeout
+        // ends it.
+        let mut latest = stolen;
+        for seconds in (0..3600).step_by(590) {
+            let res = at(seconds, &latest).await;
+            assert_eq!(res.headers()["x-backend"], PINNED, "{kind:?} at {seconds} s");
+            assert_eq!(decision(&res), Decision::Pinned, "{kind:?} at {seconds} s");
+            if let Some(refreshed) = issued_token(&res) {
+                latest = refreshed;
+            }
+        }
+        assert_ne!(latest, valid(kind), "{kind:?}: the thief got refreshed tokens");
+        let res = at(3600, &latest).await;
+        assert_eq!(res.headers()["x-backend"], BALANCED, "{kind:?}: expired at 1 h");
+        assert_eq!(decision(&res), Decision::Expired, "{kind:?}");
     }
 }
 

@@ -7,7 +7,11 @@
 //! `SocketAddr` key cannot tell the two pods apart, so the new pod inherits the session. Both
 //! run through the crate's real `Balancer`.
 
-#![cfg(all(feature = "signed", feature = "sealed"))]
+// Without its features this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(all(feature = "signed", feature = "sealed")))]
+compile_error!(
+    "tests/identity.rs needs the features signed, sealed (on by default): run it with default features"
+);
 
 use std::borrow::Cow;
 use std::convert::Infallible;

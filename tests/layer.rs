@@ -1,6 +1,8 @@
 //! The layer alone, over `service_fn` stand-ins for a balancer.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -63,7 +65,8 @@ fn token_for(endpoint: &str, issued: u64, refreshed: u64, scope: &str, name: &st
 }
 
 fn valid_token(endpoint: &str) -> String {
-    token_for(endpoint, now(), now(), "default/shop/0", "sid")
+    let t = now();
+    token_for(endpoint, t, t, "default/shop/0", "sid")
 }
 
 async fn send<S>(svc: S, cookies: &[&str]) -> Response<()>
@@ -237,20 +240,22 @@ async fn idle_sessions_expire_and_active_ones_are_refreshed() {
     let policy =
         SessionPolicy::cookie("sid").idle_timeout(Duration::from_secs(400)).build().unwrap();
     let svc = ServiceBuilder::new().layer(layer(policy)).service(balancer("pod-a"));
-    let idle = token_for("pod-b", now() - 1000, now() - 401, "default/shop/0", "sid");
+    // One reading of the clock for the dates this test writes and the ones it expects back.
+    let t = now();
+    let idle = token_for("pod-b", t - 1000, t - 401, "default/shop/0", "sid");
     let res = send(svc.clone(), &[&format!("sid={idle}")]).await;
     assert_eq!(res.extensions().get::<Decision>(), Some(&Decision::Expired));
     // Refreshed 150 s ago, past the default refresh interval (a quarter of 400 s): re-issued
     // with the same issue time and a new refresh time.
-    let active = token_for("pod-b", now() - 1000, now() - 150, "default/shop/0", "sid");
+    let active = token_for("pod-b", t - 1000, t - 150, "default/shop/0", "sid");
     let res = send(svc.clone(), &[&format!("sid={active}")]).await;
     assert_eq!(res.headers()["x-backend"], "pod-b");
     let token = value_of(&ours(&res).expect("refreshed"));
     let claims = codec().decode(&token, Binding { name: "sid", scope: "default/shop/0" }).unwrap();
-    assert_eq!(claims.issued, Some(now() - 1000));
+    assert_eq!(claims.issued, Some(t - 1000), "the issue time is kept");
     assert!(claims.refreshed.unwrap().abs_diff(now()) <= 2);
     // Refreshed 10 s ago: nothing to write.
-    let recent = token_for("pod-b", now() - 1000, now() - 10, "default/shop/0", "sid");
+    let recent = token_for("pod-b", t - 1000, t - 10, "default/shop/0", "sid");
     let res = send(svc, &[&format!("sid={recent}")]).await;
     assert!(ours(&res).is_none());
 }
@@ -317,44 +322,103 @@ async fn header_sessions_travel_in_the_header() {
     assert!(res.headers().get("x-session").is_none(), "not re-issued");
 }
 
+/// A stand-in balancer that honours a pin and otherwise takes its endpoints in turn, so that
+/// a request whose pin was lost or ignored lands elsewhere. Records every pin it is given.
+#[derive(Clone)]
+struct RoundRobin {
+    endpoints: &'static [&'static str],
+    next: Arc<AtomicUsize>,
+    pins: Arc<Mutex<Vec<String>>>,
+}
+
+impl RoundRobin {
+    fn new(endpoints: &'static [&'static str]) -> Self {
+        Self { endpoints, next: Arc::default(), pins: Arc::default() }
+    }
+
+    /// Takes the request's pin, if any; returns the endpoint that serves it.
+    fn pick(&self, req: &mut Request<()>) -> String {
+        let turn = self.next.fetch_add(1, Ordering::SeqCst);
+        match PinnedEndpoint::<String>::take(req.extensions_mut()) {
+            Some(PinnedEndpoint(pin)) => {
+                self.pins.lock().unwrap().push(pin.clone());
+                pin
+            }
+            None => self.endpoints[turn % self.endpoints.len()].to_owned(),
+        }
+    }
+
+    fn pins(&self) -> Vec<String> {
+        self.pins.lock().unwrap().clone()
+    }
+}
+
 #[tokio::test]
 async fn nested_layers_see_only_their_own_pins() {
     // An outer layer pins a region, an inner one a backend; both keys are Strings, so each
-    // must take the other's values out of the way.
+    // must take the other's values out of the way. Both balancers take turns when not pinned:
+    // a pin that is lost, ignored or mixed up sends the second request elsewhere.
+    let backends = RoundRobin::new(&["backend-1", "backend-2"]);
+    let regions = RoundRobin::new(&["eu", "us"]);
+    let backend_balancer = {
+        let backends = backends.clone();
+        service_fn(move |mut req: Request<()>| {
+            let key = backends.pick(&mut req);
+            async move {
+                let mut res = Response::new(());
+                res.headers_mut().insert("x-backend", key.parse().unwrap());
+                ServedBy(key).insert(res.extensions_mut());
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
     let inner = ServiceBuilder::new()
         .layer(SessionPersistenceLayer::<String>::new(
             SessionPolicy::cookie("backend").build().unwrap(),
             codec(),
         ))
-        .service(balancer("backend-1"));
-    let region = service_fn(move |mut req: Request<()>| {
-        let inner = inner.clone();
-        async move {
-            let region = PinnedEndpoint::<String>::take(req.extensions_mut());
-            let mut res = inner.oneshot(req).await?;
-            // The inner layer consumed the backend's ServedBy: none is left for the outer.
-            assert!(res.extensions().get::<ServedBy<String>>().is_none());
-            let key = region.map_or("eu".to_owned(), |p| p.0);
-            ServedBy(key).insert(res.extensions_mut());
-            Ok::<_, Infallible>(res)
-        }
-    });
+        .service(backend_balancer);
+    let region_balancer = {
+        let regions = regions.clone();
+        service_fn(move |mut req: Request<()>| {
+            let region = regions.pick(&mut req);
+            let inner = inner.clone();
+            async move {
+                let mut res = inner.oneshot(req).await?;
+                // The inner layer consumed the backend's ServedBy: none is left for the outer.
+                assert!(res.extensions().get::<ServedBy<String>>().is_none());
+                res.headers_mut().insert("x-region", region.parse().unwrap());
+                ServedBy(region).insert(res.extensions_mut());
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
     let outer = ServiceBuilder::new()
         .layer(SessionPersistenceLayer::<String>::new(
             SessionPolicy::cookie("region").build().unwrap(),
             codec(),
         ))
-        .service(region);
+        .service(region_balancer);
+
     let res = send(outer.clone(), &[]).await;
+    let (region, backend) = (res.headers()["x-region"].clone(), res.headers()["x-backend"].clone());
+    assert_eq!((region.to_str().unwrap(), backend.to_str().unwrap()), ("eu", "backend-1"));
     let cookies = set_cookies(res.headers());
     assert_eq!(cookies.len(), 2, "{cookies:?}");
     assert!(cookies.iter().any(|c| c.starts_with("region=")));
     assert!(cookies.iter().any(|c| c.starts_with("backend=")));
     let pairs: Vec<String> =
         cookies.iter().map(|c| c.split(';').next().unwrap().to_owned()).collect();
-    let res = send(outer, &[&pairs.join("; ")]).await;
-    assert!(set_cookies(res.headers()).is_empty(), "both sessions held");
-    assert_eq!(res.headers()["x-backend"], "backend-1");
+    for _ in 0..3 {
+        let res = send(outer.clone(), &[&pairs.join("; ")]).await;
+        assert!(set_cookies(res.headers()).is_empty(), "both sessions held");
+        // Unpinned, the balancers' turns would have moved both (to us and backend-2).
+        assert_eq!(res.headers()["x-region"], region, "the region pin held");
+        assert_eq!(res.headers()["x-backend"], backend, "the backend pin held");
+    }
+    // Each balancer was given its own pins, never the other level's.
+    assert_eq!(regions.pins(), ["eu"; 3]);
+    assert_eq!(backends.pins(), ["backend-1"; 3]);
 }
 
 #[tokio::test]

@@ -1,7 +1,11 @@
 //! What the layer tells the application and the logs: every decision (`new`, `pinned`,
 //! `re-pinned`, `expired`, `invalid`, `rejected`) as a response extension and as a `tracing`
 //! event with the endpoint and the scope, and never a token.
-#![cfg(feature = "tracing")]
+// Without its feature this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(feature = "tracing"))]
+compile_error!(
+    "tests/observability.rs needs the feature tracing (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
 use std::io;

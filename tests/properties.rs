@@ -1,7 +1,11 @@
 //! Property tests (proptest): codec round-trips, tamper rejection, what a sealed token hides,
 //! and that stripping our cookie never changes another cookie's bytes.
 
-#![cfg(all(feature = "signed", feature = "sealed"))]
+// Without its features this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(all(feature = "signed", feature = "sealed")))]
+compile_error!(
+    "tests/properties.rs needs the features signed, sealed (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -93,7 +97,7 @@ proptest! {
             if let Some(token) = codec.encode(&claims, b) {
                 prop_assert_eq!(codec.decode(&token, b), Some(claims.clone()), "{}", what);
             } else {
-                prop_assert!(len > 512, "{what}: {len}");
+                prop_assert!(len > longest_endpoint(what), "{what}: {len}");
             }
         }
     }
@@ -221,6 +225,54 @@ proptest! {
         // Endpoint keys of up to 22 bytes all give tokens of one length.
         let short = |e: Vec<u8>| codec.encode(&Claims { endpoint: e, ..claims.clone() }, b).unwrap().len();
         prop_assert_eq!(short(other), short(Vec::new()));
+    }
+}
+
+/// A token's length in characters for an endpoint key of `len` bytes, from each codec's
+/// documented format: unpadded base64url of the raw bytes.
+fn token_len(codec: &str, len: usize) -> usize {
+    let raw = match codec {
+        // version (1) ‖ issued (4) ‖ refreshed (4) ‖ tag (16) ‖ encrypted key (len)
+        "signed" => 1 + 4 + 4 + 16 + len,
+        // version (1) ‖ key id (1) ‖ nonce (24) ‖ ciphertext ‖ tag (16), the plaintext being
+        // issued (4) ‖ refreshed (4) ‖ key length (2) ‖ key (len), zero-padded to 32 bytes
+        "sealed" => 1 + 1 + 24 + (4 + 4 + 2 + len).next_multiple_of(32) + 16,
+        other => unreachable!("{other}"),
+    };
+    // Every 3 bytes make 4 characters; 1 or 2 bytes left over make 2 or 3.
+    raw / 3 * 4 + [0, 2, 3][raw % 3]
+}
+
+/// The longest endpoint key whose token fits in 1024 characters: the last length for which
+/// the formula above stays within the limit.
+fn longest_endpoint(codec: &str) -> usize {
+    (0..).take_while(|&len| token_len(codec, len) <= 1024).last().unwrap()
+}
+
+#[test]
+fn the_length_limits_are_exactly_those_of_the_formats() {
+    // Worked out by hand from the formats: signed, 25 + 743 = 768 bytes = 1024 characters;
+    // sealed, 26 + 704 + 16 = 746 bytes = 995 characters, and one more byte of key would
+    // need a 736-byte plaintext, 778 bytes, 1038 characters.
+    assert_eq!((token_len("signed", 743), token_len("signed", 744)), (1024, 1026));
+    assert_eq!((token_len("sealed", 694), token_len("sealed", 695)), (995, 1038));
+    assert_eq!(longest_endpoint("signed"), 743);
+    assert_eq!(longest_endpoint("sealed"), 694);
+    // Every length up to well past the limit: written exactly when the token fits, with the
+    // length the format gives, and read back.
+    let b = Binding { name: "s", scope: "r" };
+    for (what, codec) in keyed() {
+        for len in 0..=1100 {
+            let claims = Claims { endpoint: vec![7; len], issued: Some(1), refreshed: Some(2) };
+            match codec.encode(&claims, b) {
+                Some(token) => {
+                    assert!(len <= longest_endpoint(what), "{what}: {len} bytes written");
+                    assert_eq!(token.len(), token_len(what, len), "{what}: {len} bytes");
+                    assert!(codec.decode(&token, b) == Some(claims), "{what}: {len} bytes");
+                }
+                None => assert!(len > longest_endpoint(what), "{what}: {len} bytes refused"),
+            }
+        }
     }
 }
 

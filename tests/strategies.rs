@@ -427,8 +427,10 @@ async fn url_sessions_travel_in_path_or_query_parameters() {
     );
 }
 
+/// The layer's part in an upgrade, with scripted responses (nothing is upgraded here; see
+/// `a_real_upgrade_through_the_layer_is_pinned_and_tunnels_bytes`).
 #[tokio::test]
-async fn websocket_upgrades_are_pinned_and_the_101_carries_the_cookie() {
+async fn upgrade_requests_are_pinned_and_the_101_carries_the_cookie() {
     let layer = SessionPersistenceLayer::<String>::new(
         SessionPolicy::cookie("SRV").build().unwrap(),
         signed(),
@@ -446,4 +448,102 @@ async fn websocket_upgrades_are_pinned_and_the_101_carries_the_cookie() {
     let res = call(&svc, upgrade().header("cookie", format!("SRV={}", token("SRV", "s2")))).await;
     assert_eq!(res.headers()["x-backend"], "s2", "the upgrade is pinned");
     assert!(all(res.headers(), "set-cookie").is_empty());
+}
+
+/// A real upgrade through the layer: a hyper server whose service is the layer over a
+/// stand-in balancer that switches to an echo protocol on `Upgrade: echo` (answering with
+/// the endpoint's name before each echo), and a hyper client that upgrades and then talks
+/// over the connection. The upgrade needs the request's extensions (hyper's `OnUpgrade`) to
+/// pass through the layer untouched.
+#[tokio::test]
+async fn a_real_upgrade_through_the_layer_is_pinned_and_tunnels_bytes() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
+    use hyper_util::service::TowerToHyperService;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let layer = SessionPersistenceLayer::<String>::new(
+        SessionPolicy::cookie("SRV").build().unwrap(),
+        signed(),
+    );
+    let balancer = service_fn(|mut req: Request<Incoming>| async move {
+        let key =
+            PinnedEndpoint::<String>::take(req.extensions_mut()).map_or("s1".to_owned(), |p| p.0);
+        assert_eq!(req.headers()["upgrade"], "echo");
+        let upgrade = hyper::upgrade::on(&mut req);
+        let name = key.clone();
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgrade.await.expect("the connection is upgraded"));
+            let mut buf = [0u8; 256];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                let echo = [format!("{name}:").as_bytes(), &buf[..n]].concat();
+                if io.write_all(&echo).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let mut res = Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "echo")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        ServedBy(key).insert(res.extensions_mut());
+        Ok::<_, Infallible>(res)
+    });
+    let svc = ServiceBuilder::new().layer(layer).service(balancer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc = TowerToHyperService::new(svc.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades(),
+            );
+        }
+    });
+
+    // Upgrades a new connection, sending `cookie` if any; returns the `Set-Cookie` headers of
+    // the 101 and what the tunnel answers to `ping`.
+    let upgrade = async |cookie: Option<String>| {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        let mut req = Request::get("/").header("host", "shop").header("connection", "upgrade");
+        req = req.header("upgrade", "echo");
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        let res = sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let set_cookies = all(res.headers(), "set-cookie");
+        let mut io = TokioIo::new(hyper::upgrade::on(res).await.expect("the client upgrades"));
+        io.write_all(b"ping").await.unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"ping") {
+            let mut buf = [0u8; 64];
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the tunnel closed after {answer:?}");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        (set_cookies, String::from_utf8(answer).unwrap())
+    };
+
+    // A new session: the 101 carries its cookie, and the tunnel reaches the balanced endpoint.
+    let (set_cookies, answer) = upgrade(None).await;
+    assert_eq!(answer, "s1:ping");
+    assert_eq!(set_cookies.len(), 1, "{set_cookies:?}");
+    let pair = set_cookies[0].split(';').next().unwrap().to_owned();
+    let issued = pair.strip_prefix("SRV=").expect("our cookie");
+    let claims = signed().decode(issued, Binding { name: "SRV", scope: "SRV" }).unwrap();
+    assert_eq!(claims.endpoint, b"s1");
+    // A session on s2 (the stand-in balances to s1): the tunnel reaches s2, nothing re-issued.
+    let (set_cookies, answer) = upgrade(Some(format!("SRV={}", token("SRV", "s2")))).await;
+    assert_eq!(answer, "s2:ping", "the upgraded connection is pinned");
+    assert!(set_cookies.is_empty(), "{set_cookies:?}");
 }

@@ -3,10 +3,18 @@
 //! interval, and `Max-Age` for permanent cookies; properties over arbitrary ages and timeouts,
 //! and the boundaries one by one.
 //!
+//! The model is written apart from the implementation (it follows the timeline in
+//! milliseconds, and finds `Max-Age` by counting), and is itself checked against examples
+//! worked out by hand.
+//!
 //! The layer reads the wall clock; the tests set the token's dates relative to it and skip the
 //! rare case whose second changed during the call.
 
-#![cfg(feature = "sealed")]
+// Without its feature this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(feature = "sealed"))]
+compile_error!(
+    "tests/timeouts.rs needs the feature sealed (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -99,22 +107,97 @@ fn send(setup: Setup, issued_ago: i64, refreshed_ago: i64) -> Option<Outcome> {
     })
 }
 
-/// Whole seconds, rounded up: what a timeout means for tokens dated in whole seconds.
-fn ceil(t: Duration) -> u64 {
-    t.as_secs() + u64::from(t.subsec_nanos() > 0)
+/// A timeout in milliseconds (every timeout here is a whole number of them).
+fn ms(t: Duration) -> i64 {
+    i64::try_from(t.as_millis()).unwrap()
 }
 
-/// The model: what the layer must decide.
+/// The model of what the layer must decide, written apart from the implementation: it follows
+/// the timeline in milliseconds. A token's dates are whole seconds, so at a whole second `now`
+/// a date `ago` seconds back is `ago * 1000` ms old; a session is over once an age reaches its
+/// timeout.
 fn expected(setup: Setup, issued_ago: i64, refreshed_ago: i64) -> Decision {
-    let future = |ago: i64| ago < -(SKEW as i64);
-    if future(issued_ago) || future(refreshed_ago) || refreshed_ago > issued_ago {
+    // Refreshed before it was issued, or dated further ahead than the allowed skew: not a
+    // token the layer wrote.
+    if refreshed_ago > issued_ago || issued_ago < -(SKEW as i64) || refreshed_ago < -(SKEW as i64) {
         return Decision::Invalid;
     }
-    let outlived = |ago: i64, t: Option<Duration>| t.is_some_and(|t| ago.max(0) as u64 >= ceil(t));
-    if outlived(issued_ago, setup.absolute) || outlived(refreshed_ago, setup.idle) {
+    let reached =
+        |ago: i64, timeout: Option<Duration>| timeout.is_some_and(|t| ago * 1000 >= ms(t));
+    if reached(issued_ago, setup.absolute) || reached(refreshed_ago, setup.idle) {
         return Decision::Expired;
     }
     Decision::Pinned
+}
+
+/// Whether the model re-writes a session it keeps: once more time than the refresh interval
+/// has passed since the last refresh. The interval is the one set, else a quarter of the idle
+/// timeout (`4 × age > idle`), else there is none.
+fn refresh_due(setup: Setup, refreshed_ago: i64) -> bool {
+    let age = refreshed_ago * 1000;
+    match (setup.refresh, setup.idle) {
+        (Some(every), _) => age > ms(every),
+        (None, Some(idle)) => 4 * age > ms(idle),
+        (None, None) => false,
+    }
+}
+
+/// The `Max-Age` of a permanent cookie in the model: the fewest whole seconds from `now` that
+/// reach the end of the session's absolute lifetime (counted by trying them in turn).
+fn max_age(issued: u64, absolute: Duration, now: u64) -> i64 {
+    let end = issued as i64 * 1000 + ms(absolute);
+    (0..).find(|m| now as i64 * 1000 + m * 1000 >= end).unwrap()
+}
+
+#[test]
+fn the_model_agrees_with_worked_examples() {
+    let absolute = |t| Setup { absolute: Some(t), ..NONE };
+    let idle = |t| Setup { idle: Some(t), ..NONE };
+    let (secs, millis) = (Duration::from_secs, Duration::from_millis);
+    // (setup, issued ago, refreshed ago, decision), worked out by hand.
+    let cases = [
+        (absolute(secs(60)), 59, 0, Decision::Pinned),
+        (absolute(secs(60)), 60, 0, Decision::Expired),
+        (absolute(millis(500)), 0, 0, Decision::Pinned),
+        (absolute(millis(500)), 1, 1, Decision::Expired),
+        (absolute(millis(1500)), 1, 0, Decision::Pinned),
+        (absolute(millis(1500)), 2, 0, Decision::Expired),
+        (idle(secs(600)), 10_000, 599, Decision::Pinned),
+        (idle(secs(600)), 10_000, 600, Decision::Expired),
+        (idle(millis(1)), 0, 0, Decision::Pinned),
+        (idle(millis(1)), 1, 1, Decision::Expired),
+        (NONE, 20_000, 20_000, Decision::Pinned),
+        (NONE, -60, -60, Decision::Pinned),
+        (NONE, -61, 0, Decision::Invalid),
+        (NONE, 0, -61, Decision::Invalid),
+        (NONE, 5, 6, Decision::Invalid),
+    ];
+    for (setup, issued_ago, refreshed_ago, decision) in cases {
+        assert_eq!(
+            expected(setup, issued_ago, refreshed_ago),
+            decision,
+            "{setup:?} {issued_ago} {refreshed_ago}"
+        );
+    }
+    // Refresh: a quarter of 400 s is 100 s; of 1001 ms, 250.25 ms; or 30 s when set.
+    let refreshing = Setup { refresh: Some(secs(30)), ..idle(secs(400)) };
+    let due = [
+        (idle(secs(400)), 100, false),
+        (idle(secs(400)), 101, true),
+        (idle(millis(1001)), 0, false),
+        (idle(millis(1001)), 1, true),
+        (refreshing, 30, false),
+        (refreshing, 31, true),
+        (NONE, 20_000, false),
+    ];
+    for (setup, ago, is_due) in due {
+        assert_eq!(refresh_due(setup, ago), is_due, "{setup:?} {ago}");
+    }
+    // Max-Age: 1 h issued 100 s ago leaves 3500 s; 1.5 s just issued needs 2 s; 500 ms
+    // issued 1 s ago is over, 0 s.
+    assert_eq!(max_age(1000, secs(3600), 1100), 3500);
+    assert_eq!(max_age(1000, millis(1500), 1000), 2);
+    assert_eq!(max_age(1000, millis(500), 1001), 0);
 }
 
 fn timeout() -> impl Strategy<Value = Option<Duration>> {
@@ -144,7 +227,7 @@ fn age(setup: Setup) -> impl Strategy<Value = i64> {
     let marks: Vec<i64> = [setup.absolute, setup.idle, setup.refresh]
         .into_iter()
         .flatten()
-        .map(|t| ceil(t) as i64)
+        .map(|t| ms(t).div_euclid(1000) + 1)
         .collect();
     let near = if marks.is_empty() {
         Just(0i64).boxed()
@@ -168,11 +251,9 @@ proptest! {
         prop_assert_eq!(out.decision, decision);
         match decision {
             Decision::Pinned => {
-                // Rolling refresh: re-issued only once the interval (default: a quarter of the
-                // idle timeout; without either, never) has passed since the last refresh.
-                let every = setup.refresh.or(setup.idle.map(|i| i / 4));
-                let due = every.is_some_and(|e| refreshed_ago.max(0) as u64 > e.as_secs());
-                prop_assert_eq!(out.written.is_some(), due);
+                // Rolling refresh: re-issued only once the interval has passed since the last
+                // refresh.
+                prop_assert_eq!(out.written.is_some(), refresh_due(setup, refreshed_ago));
                 if let Some(claims) = &out.written {
                     prop_assert_eq!(&claims.endpoint, b"pod-b");
                     prop_assert_eq!(claims.issued, Some(out.now - issued_ago as u64), "the issue time stays");
@@ -188,8 +269,8 @@ proptest! {
         }
         // A permanent cookie lives exactly as long as the session has left.
         if let (true, Some(claims), Some(absolute)) = (setup.permanent, &out.written, setup.absolute) {
-            let left = claims.issued.unwrap() + ceil(absolute) - out.now;
-            prop_assert_eq!(out.max_age, Some(left as i64));
+            let left = max_age(claims.issued.unwrap(), absolute, out.now);
+            prop_assert_eq!(out.max_age, Some(left));
             prop_assert!(left >= 1, "never Max-Age=0, which deletes the cookie");
         }
     }
@@ -204,14 +285,14 @@ const NONE: Setup = Setup { absolute: None, idle: None, refresh: None, permanent
 
 #[test]
 fn absolute_timeout_boundaries() {
-    for t in [
-        Duration::from_millis(500),
-        Duration::from_secs(1),
-        Duration::from_millis(1500),
-        Duration::from_secs(60),
+    // (timeout, the last whole second of the session), worked out by hand.
+    for (t, last) in [
+        (Duration::from_millis(500), 0),
+        (Duration::from_secs(1), 0),
+        (Duration::from_millis(1500), 1),
+        (Duration::from_secs(60), 59),
     ] {
         let setup = Setup { absolute: Some(t), ..NONE };
-        let last = ceil(t) as i64 - 1;
         assert_eq!(send_now(setup, last, 0).decision, Decision::Pinned, "{t:?} at {last}s");
         assert_eq!(
             send_now(setup, last + 1, 0).decision,
@@ -224,14 +305,13 @@ fn absolute_timeout_boundaries() {
 
 #[test]
 fn idle_timeout_boundaries() {
-    for t in [
-        Duration::from_millis(500),
-        Duration::from_secs(1),
-        Duration::from_millis(1500),
-        Duration::from_secs(600),
+    for (t, last) in [
+        (Duration::from_millis(500), 0),
+        (Duration::from_secs(1), 0),
+        (Duration::from_millis(1500), 1),
+        (Duration::from_secs(600), 599),
     ] {
         let setup = Setup { idle: Some(t), ..NONE };
-        let last = ceil(t) as i64 - 1;
         assert_eq!(send_now(setup, 10_000, last).decision, Decision::Pinned, "{t:?} at {last}s");
         assert_eq!(send_now(setup, 10_000, last + 1).decision, Decision::Expired, "{t:?}");
     }

@@ -1,6 +1,10 @@
 //! No token ever reaches the traces. Alone in its binary: a scoped subscriber does not see call
 //! sites that other tests' threads reached first with no subscriber (tracing caches "never").
-#![cfg(all(feature = "tracing", feature = "signed", feature = "sealed"))]
+// Without its features this suite would compile to nothing and pass unseen: say so instead.
+#[cfg(not(all(feature = "tracing", feature = "signed", feature = "sealed")))]
+compile_error!(
+    "tests/traces.rs needs the features tracing, signed, sealed (on by default): run it with default features"
+);
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -2,6 +2,8 @@
 //! proxies to them, and a server for the layer + balancer stack.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod external;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -21,11 +21,14 @@
 //! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). Logs go
 //! to stderr, filtered by `RUST_LOG` (default `info`), with one access-log line per request on
 //! the `access` target:
-//! `127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001`
-//! (`session`: new, pinned, re-pinned, expired, invalid, rejected, or `-`; the path is logged
-//! without its query and `;` parameters, and no token is ever logged).
+//! `127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001 bytes=512 upstream=2ms id=<request id>`
+//! (`session`: new, pinned, re-pinned, expired, invalid, rejected, or `-`; `endpoint`: the one
+//! that served or failed; `bytes`: response body bytes sent, `(cut)` when the body ended
+//! early; the line is written when the body is done; the path is logged without its query
+//! and `;` parameters, in access lines and in debug spans, and no token is ever logged).
 //!
-//! Exit status: `0` after Ctrl-C or SIGTERM (open requests are finished first, for up to 10 s)
+//! Exit status: `0` after Ctrl-C or SIGTERM (idle connections and half-sent request heads are
+//! closed at once; requests in flight are finished first, for up to `timeouts.shutdownGrace`)
 //! or a passed `--check`; `1` for a configuration error, printed on stderr as
 //! `config error: <yaml path>: <rule>` (for example
 //! `config error: routes[0].spec.rules[1].sessionPersistence.absoluteTimeout: "1d" is not a
@@ -57,9 +60,33 @@
 //! keys: ["<base64 of 32+ bytes>", "<older key>"]  # optional; the first signs, all verify.
 //!                                  # Absent: a random key per process (sessions do not
 //!                                  # survive a restart nor span replicas; a warning says so)
-//! timeout: 30s                     # optional, GEP-2257 duration, default 30s, 0s = none:
-//!                                  # how long an upstream may take to send its response
-//!                                  # head; exceeded → 504
+//! timeouts:                        # optional, GEP-2257 durations (HAProxy's equivalent)
+//!   requestHeader: 10s             # a whole request head, from the connection's start or
+//!                                  # its first byte (timeout http-request); then closed
+//!   clientIdle: 60s                # keep-alive between requests, and a client that stops
+//!                                  # reading (timeout http-keep-alive, timeout client)
+//!   clientBody: 30s                # a pause in a request body (0s: none); then 408
+//!   tunnelIdle: 1h                 # upgraded connections with no traffic (timeout tunnel)
+//!   shutdownGrace: 10s             # how long requests in flight may finish on SIGTERM
+//!   connect: 3s                    # opening a backend connection (timeout connect); then
+//!                                  # 502, the endpoint ejected: the request was never sent
+//!   backendResponse: 30s           # from the end of the request body to the response head
+//!                                  # (0s: none); then 504. A steady upload of any length
+//!                                  # is never cut
+//!   backendIdle: 30s               # a pause in a response body (0s: none); then cut
+//!                                  # (`timeout: 30s` at the top level, the older name of
+//!                                  # backendResponse, still works; not both)
+//! limits:                          # optional
+//!   maxConnections: 10000          # client connections at once; beyond, the gateway stops
+//!                                  # accepting. Default: half the file descriptors the
+//!                                  # process may open (raised to the hard limit), less 64
+//!   maxConnectionsPerEndpoint: 256 # requests in flight per endpoint, over all threads; the
+//!                                  # rest queue (x-balancer failfast, endpointQueue).
+//!                                  # Default: none
+//!   maxRequestHeaderBytes: 16384   # a request head (8192 to 1048576); then 431
+//!   maxRequestHeaders: 100         # header fields in a request head; then 431
+//! trustedProxies: ["10.0.0.0/8"]   # optional: peers whose X-Forwarded-*/Forwarded are kept
+//!                                  # and appended to; from anyone else they are replaced
 //! services:                        # what a Kubernetes Service would resolve to
 //!   - name: echo-v1
 //!     endpoints: ["127.0.0.1:9001", "127.0.0.1:9002"]   # IP:port, at least one
@@ -117,6 +144,8 @@
 //!             maxClockSkew: 60s       # how far in the future a token may be dated
 //!             refreshInterval: 15m    # how often a token is re-issued (default: a quarter
 //!                                     # of the v1.1-v1.5 idleTimeout, else never)
+//!             scope: shop             # rules naming the same scope share their sessions
+//!                                     # (and may then use the same cookie name and path)
 //!           x-balancer:               # optional extension block, every field optional
 //!             failfast: 1s            # how long a request waits for its endpoint to be ready
 //!             endpointQueue: 128      # how many requests may wait for one endpoint
@@ -130,9 +159,17 @@
 //!
 //! Unknown fields are errors, and so are options that do not apply (cookie options on a header
 //! session, `preserve` with `strategy: rewrite`, `x-session-persistence` without
-//! `sessionPersistence`). A cookie or header without a name is named
+//! `sessionPersistence`), and so is a file without routes. Configurations that could never
+//! work are refused too: cookies browsers would drop (`__Host-` with a `Domain`, a path other
+//! than `/` or without `Secure`; `__Secure-` without `Secure`; `SameSite=None` without
+//! `Secure`), `attributes` that have a field of their own (`Max-Age`, `Expires`, `Domain`,
+//! `Path`, `Secure`, `HttpOnly`, `SameSite`, `Partitioned`), session headers HTTP itself uses
+//! (`cookie`, `host`, `content-length`, `transfer-encoding`, …), and two rules whose cookies
+//! share a name, path and domain for the same hosts (a browser would keep one for both)
+//! unless they share a `scope`. A cookie or header without a name is named
 //! `sp-<namespace>-<route>-<rule index>`. Each rule is its own persistence scope
-//! (`<namespace>/<route>/<rule index>`): rules never share sessions. A rule without
+//! (`<namespace>/<route>/<rule index>`, or `<namespace>/x-scope/<scope>`): rules never share
+//! sessions unless they name the same `scope`. A rule without
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
 //! without `backendRefs` answers 500.
 //!
@@ -149,13 +186,22 @@
 //!
 //! Among the rules matching a request, the one with the most specific hostname wins, then an
 //! `Exact` path over a `PathPrefix`, then the longer prefix, then the earlier rule in the file.
-//! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`). No match:
-//! `404`. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
-//! `X-Forwarded-Proto: http` and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
-//! bodies stream; HTTP/1.1 upgrades (WebSocket) are pinned like any request and tunnelled after
-//! the backend's `101`. Errors: the session's endpoint unavailable under
-//! `onUnavailable: reject` → `503`; no endpoint → `503`; timeout → `504`; connection refused or
-//! reset → `502`. Endpoints are keyed `<service>/<address>` in session tokens (signed and
+//! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`), on the path
+//! without the session's path parameter (`strategy: url`: `/cart;jsessionid=T` matches
+//! `/cart`). No match: `404`. A request names one host: two `Host` headers, or an
+//! absolute-form URI or HTTP/2 `:authority` that disagrees with `Host`, get `400`; `CONNECT`
+//! gets `405`. The backend gets the client's host (`Host`; for h2c backends `:authority`),
+//! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded`, `Via:
+//! 1.1 gateway` and `X-Request-Id` (a trusted proxy's, else a new one). From a peer outside
+//! `trustedProxies` every forwarded header the client sent is replaced (as HAProxy's `option
+//! forwardfor` with `http-request del-header` would); from a trusted one they are appended
+//! to. Hop-by-hop headers are removed both ways (and an origin's `Content-Length` that comes
+//! with `Transfer-Encoding`); bodies stream; HTTP/1.1 upgrades (WebSocket) are pinned like any
+//! request and tunnelled after the backend's `101` (an unrequested `101` is a `502`). Errors:
+//! the session's endpoint unavailable under `onUnavailable: reject` → `503`; no endpoint →
+//! `503`; no response head within `backendResponse` → `504`; connection refused, connect
+//! timeout or reset → `502`; a malformed request body → `400`, a stalled one → `408` (the
+//! endpoint is not blamed). The access-log line names the endpoint that served or failed. Endpoints are keyed `<service>/<address>` in session tokens (signed and
 //! encrypted: they never show it). Rules without `sessionPersistence` may still use
 //! `x-balancer`.
 

@@ -538,3 +538,53 @@ async fn sigterm_closes_idle_and_half_open_connections_at_once() {
     assert!(exited.success(), "{exited}");
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
 }
+
+/// A backend that takes `delay` per request and records the most requests it had at once.
+async fn counting_backend(
+    delay: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = most.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (now, most) = (now.clone(), most.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                    let (now, most) = (now.clone(), most.clone());
+                    async move {
+                        let at_once = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(at_once, Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        now.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_endpoint_queues_requests_for_the_endpoint() {
+    let (backend, most) = counting_backend(Duration::from_millis(300)).await;
+    let gw = start_gateway(&config(
+        backend,
+        "limits: {maxConnectionsPerEndpoint: 2}",
+        "          x-balancer: {failfast: 20s, endpointQueue: 64}\n",
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let requests = (0..8).map(|_| client.get(format!("{}/", gw.url)).send());
+    for res in futures_util::future::join_all(requests).await {
+        assert_eq!(res.unwrap().status(), 200);
+    }
+    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2, "at most 2 at once");
+}

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod gateway_process;
-use gateway_process::{Gateway, run_gateway, start_gateway};
+use gateway_process::{Gateway, TempFile, run_gateway, spawn_gateway_with_env, start_gateway};
 
 /// Slack for a loaded CI machine on top of any configured timeout.
 const MARGIN: Duration = Duration::from_secs(4);
@@ -587,4 +587,46 @@ async fn max_connections_per_endpoint_queues_requests_for_the_endpoint() {
         assert_eq!(res.unwrap().status(), 200);
     }
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2, "at most 2 at once");
+}
+
+#[tokio::test]
+async fn url_tokens_reach_no_log_line_even_at_trace_level() {
+    let backend = echo_backend().await;
+    let file = TempFile::new(&config(
+        backend,
+        "",
+        "          sessionPersistence: {cookie: {name: jsessionid}}
+          x-session-persistence: {strategy: url}
+        - backendRefs: [{name: echo}]
+          matches: [{path: {value: /q}}]
+          sessionPersistence: {cookie: {name: qsession}}
+          x-session-persistence: {strategy: url, url: {parameter: query}}
+",
+    ));
+    let path = file.0.to_str().unwrap().to_owned();
+    let gw =
+        spawn_gateway_with_env(&["--config", &path], Some(file), &[("RUST_LOG", "trace")]).await;
+    let client =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let res = client.get(format!("{}/login", gw.url)).send().await.unwrap();
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    let token = location.split("jsessionid=").nth(1).unwrap().to_owned();
+    assert!(token.len() > 20, "{location}");
+    for url in [
+        format!("{}{location}", gw.url),
+        format!("{}/a;jsessionid=SECRET-PATH-TOKEN/b", gw.url),
+        format!("{}/q/x?qsession=SECRET-QUERY-TOKEN&page=2", gw.url),
+    ] {
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200, "{url}");
+    }
+    // Let the access lines of the last requests be written.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = gw.stderr.lock().unwrap().clone();
+    assert!(
+        logs.contains("target") || logs.contains("TRACE") || logs.contains("DEBUG"),
+        "trace logs are on:\n{logs}"
+    );
+    for secret in [token.as_str(), "SECRET-PATH-TOKEN", "SECRET-QUERY-TOKEN"] {
+        assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
+    }
 }

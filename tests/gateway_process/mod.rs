@@ -115,8 +115,18 @@ pub fn drain(mut stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
 /// Starts the gateway with `args` plus `--listen 127.0.0.1:0` and waits for its
 /// `listening on` line.
 pub async fn spawn_gateway(args: &[&str], config: Option<TempFile>) -> Gateway {
+    spawn_gateway_with_env(args, config, &[]).await
+}
+
+/// [`spawn_gateway`], with environment variables set for the gateway (`RUST_LOG`).
+pub async fn spawn_gateway_with_env(
+    args: &[&str],
+    config: Option<TempFile>,
+    env: &[(&str, &str)],
+) -> Gateway {
     let mut child = Command::new(gateway_bin())
         .args(args)
+        .envs(env.iter().copied())
         .args(["--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

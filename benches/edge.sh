@@ -11,19 +11,21 @@
 # each proxy in turn:
 #   1. IDLE connections (default 4000) each send one request, read the answer and stay open;
 #      VmRSS before and after gives the memory per idle connection;
-#   2. FLOOD connections (default 2 x MAXCONN) send half a request head and stop; a new client
-#      (curl) then asks for a page: the time until it is served is printed.
+#   2. FLOOD connections (default MAXCONN + 1000, within what the kernel queues) send half a
+#      request head and stop; a new client (curl) then asks for a page: the time until it is
+#      served is printed.
+# MAXCONN must exceed IDLE, or the idle clients beyond it wait to be accepted.
 # Everything it started is stopped when it exits.
 #
-# Settings (environment): IDLE (4000), MAXCONN (1000), FLOOD (2 x MAXCONN), PROFILE (release;
-# or perf).
+# Settings (environment): IDLE (4000), MAXCONN (5000), FLOOD (MAXCONN + 1000), PROFILE
+# (release; or perf).
 
 PROFILE="${PROFILE:-release}"
 source "$(dirname "$0")/lib.sh"
 
 IDLE="${IDLE:-4000}"
-MAXCONN="${MAXCONN:-1000}"
-FLOOD="${FLOOD:-$((2 * MAXCONN))}"
+MAXCONN="${MAXCONN:-5000}"
+FLOOD="${FLOOD:-$((MAXCONN + 1000))}"
 
 need_packages haproxy haproxy curl curl
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -630,3 +630,20 @@ async fn url_tokens_reach_no_log_line_even_at_trace_level() {
         assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
     }
 }
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_within_client_body() {
+    let backend = echo_backend().await;
+    let gw = start_gateway(&config(backend, "timeouts: {clientBody: 1s}", "")).await;
+    let limit = Duration::from_secs(1) + MARGIN;
+    let (answer, open) = raw(
+        addr_of(&gw),
+        b"POST /upload HTTP/1.1\r\nHost: shop\r\nContent-Length: 100\r\n\r\n0123456789",
+        limit,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(open >= Duration::from_millis(900), "answered after {open:?}, before clientBody");
+    let logs = gw.stderr.lock().unwrap().clone();
+    assert!(!logs.contains("upstream request failed"), "the endpoint was blamed:\n{logs}");
+}

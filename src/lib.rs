@@ -90,6 +90,7 @@
 //! | `signed` | [`token::SignedCodec`]: AES-SIV tokens, tamper-evident, the endpoint encrypted | on |
 //! | `sealed` | [`token::SealedCodec`]: XChaCha20-Poly1305 tokens that hide everything | on |
 //! | `edge` | [`edge`]: forwarded headers with a trust list, strict host checks, body idle timeouts | on |
+//! | `health` | [`health`]: active health checks with HAProxy's rise/fall | on |
 //! | `tracing` | `tracing` events for each decision and for the balancer's endpoint changes; without it they compile to nothing | on |
 //!
 //! [`token::PlainCodec`] (HAProxy-compatible, for migration and debugging) is always there.
@@ -114,6 +115,9 @@ mod carrier;
 #[cfg_attr(docsrs, doc(cfg(feature = "edge")))]
 pub mod edge;
 mod endpoint_key;
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+pub mod health;
 pub mod layer;
 pub mod policy;
 pub mod seam;

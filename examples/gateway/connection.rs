@@ -136,18 +136,30 @@ impl<IO> Watched<IO> {
     }
 }
 
-/// Polls `timer` set to `deadline` (moving it only when the deadline moved).
+/// Whether `deadline` has passed, with `timer` as the alarm. The timer is moved only when the
+/// deadline comes earlier than it, or when it rings before the deadline (which moved later
+/// meanwhile): on a busy connection, whose deadline moves later with every request, that is
+/// once per timeout period rather than once per request.
 fn expired(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> bool {
     let sleep = match timer {
         Some(sleep) => {
-            if sleep.deadline() != deadline {
+            if deadline < sleep.deadline() {
                 sleep.as_mut().reset(deadline);
             }
             sleep
         }
         None => timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
     };
-    sleep.as_mut().poll(cx).is_ready()
+    loop {
+        if sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        // It rang at its own deadline: past ours too, unless ours moved later.
+        if deadline <= sleep.deadline() {
+            return true;
+        }
+        sleep.as_mut().reset(deadline);
+    }
 }
 
 impl<IO: AsyncRead> AsyncRead for Watched<IO> {

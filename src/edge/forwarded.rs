@@ -140,13 +140,18 @@ impl ForwardedHeaders {
     /// Rewrites `headers`, the request's, for a request from `peer` over `proto` naming
     /// `host` (the request's host, e.g. from [`request_host`](super::request_host)).
     pub fn apply(&self, headers: &mut HeaderMap, peer: IpAddr, proto: Proto, host: Option<&str>) {
+        use std::fmt::Write as _;
         let peer = peer.to_canonical();
         let trusted = self.trusted.contains(peer);
-        let node = match peer {
-            IpAddr::V4(v4) => v4.to_string(),
-            IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        let mut element = format!("for={node}");
+        let address = peer.to_string();
+        let mut element = String::with_capacity(64);
+        element.push_str("for=");
+        match peer {
+            IpAddr::V4(_) => element.push_str(&address),
+            IpAddr::V6(_) => {
+                let _ = write!(element, "\"[{address}]\"");
+            }
+        }
         if let Some(host) = host {
             element.push_str(";host=");
             push_token_or_quoted(&mut element, host);
@@ -155,13 +160,13 @@ impl ForwardedHeaders {
         element.push_str(proto.as_str());
 
         if trusted {
-            append(headers, X_FORWARDED_FOR, &peer.to_string());
+            append(headers, X_FORWARDED_FOR, &address);
             append(headers, FORWARDED, &element);
         } else {
             for name in [X_REAL_IP, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PROTO] {
                 headers.remove(name);
             }
-            set(headers, X_FORWARDED_FOR, &peer.to_string());
+            set(headers, X_FORWARDED_FOR, &address);
             set(headers, FORWARDED, &element);
         }
         if !headers.contains_key(X_FORWARDED_PROTO) {

@@ -25,8 +25,9 @@ impl std::error::Error for BodyIdleTimeout {}
 pin_project! {
     /// A body that fails with [`BodyIdleTimeout`] when its inner body makes no progress for
     /// `timeout`; every frame starts the wait anew, so a steady transfer of any length is
-    /// never cut. The timer is only armed while the inner body is pending: a body whose data
-    /// is always ready costs no timer at all.
+    /// never cut. The timer is armed at the first pending poll and then left alone: a frame
+    /// only notes the time, and a timer that rings early is moved to the real deadline, so a
+    /// streaming body costs one timer, not one per frame.
     ///
     /// Needs a tokio runtime with time enabled.
     ///
@@ -47,6 +48,8 @@ pin_project! {
         #[pin]
         inner: B,
         timeout: Duration,
+        // When the last frame came, once a timer is armed (before that, no one is waiting).
+        progress: Option<Instant>,
         #[pin]
         sleep: Option<Sleep>,
     }
@@ -55,7 +58,7 @@ pin_project! {
 impl<B> IdleTimeoutBody<B> {
     /// `inner`, failing after `timeout` without progress.
     pub fn new(inner: B, timeout: Duration) -> Self {
-        Self { inner, timeout, sleep: None }
+        Self { inner, timeout, progress: None, sleep: None }
     }
 
     /// The body inside.
@@ -79,24 +82,31 @@ where
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
-                // Progress: the next wait starts from the next pending poll.
                 if this.sleep.is_some() {
-                    this.sleep.set(None);
+                    *this.progress = Some(Instant::now());
                 }
                 Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
             }
             Poll::Pending => {
                 if this.sleep.is_none() {
-                    this.sleep.set(Some(tokio::time::sleep_until(Instant::now() + *this.timeout)));
+                    let now = Instant::now();
+                    *this.progress = Some(now);
+                    this.sleep.set(Some(tokio::time::sleep_until(now + *this.timeout)));
                 }
-                if let Some(sleep) = this.sleep.as_pin_mut()
-                    && sleep.poll(cx).is_ready()
-                {
-                    return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout {
-                        after: *this.timeout,
-                    }))));
+                let Some(mut sleep) = this.sleep.as_pin_mut() else { return Poll::Pending };
+                loop {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let deadline = this.progress.unwrap_or_else(Instant::now) + *this.timeout;
+                    if deadline <= sleep.deadline() {
+                        return Poll::Ready(Some(Err(Box::new(BodyIdleTimeout {
+                            after: *this.timeout,
+                        }))));
+                    }
+                    // Frames came since it was set: wait for the real deadline.
+                    sleep.as_mut().reset(deadline);
                 }
-                Poll::Pending
             }
         }
     }

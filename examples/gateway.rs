@@ -96,6 +96,16 @@
 //!                                     # id: the endpoint's key in tokens (HAProxy's
 //!                                     # `server … cookie s3`), default `<service>/<address>`;
 //!                                     # draining: no new sessions, its sessions stay
+//!     healthCheck:                    # optional: active checks, once per process
+//!       path: /healthz                # HTTP GET (without a path: a TCP connect; for
+//!                                     # kubernetes.io/h2c: grpc.health.v1 Check, SERVING)
+//!       interval: 2s                  # between checks of one endpoint (±10% jitter)
+//!       timeout: 1s                   # a check not answered by then failed
+//!       fall: 3                       # failures in a row that take an endpoint down: its
+//!                                     # sessions fail over, it takes no new ones
+//!       rise: 2                       # successes in a row that bring it back (never a
+//!                                     # timer alone)
+//!       expectedStatuses: [200, "200-399"]  # healthy answers (default 200-399)
 //! routes:                          # Gateway API HTTPRoute manifests
 //!   - apiVersion: gateway.networking.k8s.io/v1        # or v1beta1
 //!     kind: HTTPRoute
@@ -225,6 +235,8 @@ mod demo;
 mod edge;
 #[path = "gateway/failure.rs"]
 mod failure;
+#[path = "gateway/health.rs"]
+mod health;
 #[path = "gateway/persistence.rs"]
 mod persistence;
 #[path = "gateway/pool.rs"]
@@ -394,8 +406,10 @@ async fn run(
     }
     let threads = workers.gateways.len();
     tracing::info!(%addr, rules = plan.rules.len(), threads, "gateway started");
+    // Checks run here, once per process, and move endpoints in every thread's balancers.
+    let checks = Arc::new(health::HealthChecks::start(&plan, workers.gateways.clone()));
     if let Some(path) = config {
-        tokio::spawn(reload::watch(path, workers.gateways.clone()));
+        tokio::spawn(reload::watch(path, workers.gateways.clone(), checks.clone()));
     }
     workers.serve_until(server::shutdown_signal()).await;
     Ok(())

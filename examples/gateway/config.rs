@@ -21,6 +21,7 @@ use tower_session_persistence::token::SignedCodec;
 
 use crate::balancing::{self, Balancing};
 use crate::edge::{self, Edge};
+use crate::health::{self, HealthPlan};
 use crate::persistence::{self, Extension, Persistence};
 use crate::routing::{Hostname, PathMatch};
 
@@ -58,6 +59,8 @@ struct ServiceConfig {
     /// How the endpoints are spoken to, as a Kubernetes Service port's `appProtocol`:
     /// `http` (HTTP/1.1, the default) or `kubernetes.io/h2c` (HTTP/2 with prior knowledge).
     app_protocol: Option<String>,
+    /// Active health checks of the endpoints.
+    health_check: Option<health::HealthCheckYaml>,
 }
 
 /// An endpoint: `"IP:port"`, or `{address: "IP:port", id: s1}` to give it the id its
@@ -183,6 +186,17 @@ pub(crate) struct Plan {
     pub(crate) edge: Edge,
     /// Every rule of every route, in file order.
     pub(crate) rules: Vec<RulePlan>,
+    /// Every service, in file order.
+    pub(crate) services: Vec<ServicePlan>,
+}
+
+/// One entry of `services:`.
+#[derive(Debug)]
+pub(crate) struct ServicePlan {
+    pub(crate) name: String,
+    pub(crate) endpoints: Vec<EndpointPlan>,
+    /// Its active health checks, if it has them.
+    pub(crate) health: Option<HealthPlan>,
 }
 
 /// One `HTTPRoute` rule.
@@ -308,6 +322,20 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         None => (random_key()?, true),
     };
     let services = check_services(&file.services)?;
+    let mut service_plans = Vec::with_capacity(services.len());
+    for (s, ((name, endpoints), config)) in services.iter().zip(&file.services).enumerate() {
+        let h2c = endpoints.first().is_some_and(|e| e.h2c);
+        let health = config
+            .health_check
+            .as_ref()
+            .map(|yaml| health::check(yaml, &format!("services[{s}].healthCheck"), h2c))
+            .transpose()?;
+        service_plans.push(ServicePlan {
+            name: name.clone(),
+            endpoints: endpoints.clone(),
+            health,
+        });
+    }
     if file.routes.is_empty() {
         // An empty file, or one that forgot its routes: every request would get 404.
         return Err(ConfigError::new(
@@ -321,7 +349,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         let at = format!("routes[{r}]");
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
     }
-    Ok(Plan { listen, keys, ephemeral_key, edge, rules })
+    Ok(Plan { listen, keys, ephemeral_key, edge, rules, services: service_plans })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.

@@ -9,14 +9,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::config;
+use crate::health::HealthChecks;
 use crate::stack::Gateway;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
 /// Watches `path` and applies its changes to `gateways` (one per serving thread), forever.
-pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>) {
+pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>, checks: Arc<HealthChecks>) {
     let mut last = std::fs::read_to_string(&path).ok();
     let mut hangup = hangup();
     let mut tick = tokio::time::interval(POLL);
@@ -44,6 +47,7 @@ pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>) {
                 for gateway in &gateways {
                     applied = Some(gateway.apply(&plan));
                 }
+                checks.apply(&plan);
                 let Some(applied) = applied else { continue };
                 tracing::info!(
                     added = applied.added,

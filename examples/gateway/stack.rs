@@ -135,6 +135,30 @@ impl Gateway {
         applied
     }
 
+    /// An endpoint's health changed (active checks): down, it leaves every balancer that has
+    /// it (its sessions fail over, it takes no new ones); up, it comes back under the same key
+    /// (draining again if it was). Returns in how many rules it changed.
+    pub(crate) fn set_health(&self, endpoint: &EndpointPlan, up: bool) -> usize {
+        let mut changed = 0;
+        for rule in self.table.targets() {
+            let current = rule.current.lock().unwrap_or_else(PoisonError::into_inner);
+            for (group, backend) in current.iter().enumerate() {
+                let Some(&(_, draining)) = backend.endpoints.get(&endpoint.key) else { continue };
+                let sender = &rule.endpoints[group];
+                if up {
+                    sender.insert(endpoint.key.clone(), upstream(endpoint, &rule.upstreams));
+                    if draining && let Some(balancer) = &rule.balancer {
+                        drain_when_known(balancer.clone(), endpoint.key.clone());
+                    }
+                } else {
+                    sender.remove(endpoint.key.clone());
+                }
+                changed += 1;
+            }
+        }
+        changed
+    }
+
     pub(crate) async fn ready(&self, limit: Duration) -> bool {
         let all_known = || {
             self.table.targets().iter().all(|rule| {
@@ -201,17 +225,7 @@ impl Rule {
                         sender.insert(key.clone(), upstream(planned[key], &self.upstreams));
                         applied.added += 1;
                         if draining {
-                            // Known to the balancer only once its discovery task has run;
-                            // give up after 5 s (the endpoint was removed again meanwhile).
-                            let (balancer, key) = (balancer.clone(), key.clone());
-                            tokio::spawn(async move {
-                                for _ in 0..500 {
-                                    if balancer.drain(&key) {
-                                        break;
-                                    }
-                                    tokio::time::sleep(Duration::from_millis(10)).await;
-                                }
-                            });
+                            drain_when_known(balancer.clone(), key.clone());
                             applied.drained += 1;
                         }
                     }
@@ -220,6 +234,19 @@ impl Rule {
             now.endpoints = wanted;
         }
     }
+}
+
+/// Drains `key` once the balancer knows it (after its discovery task has run); gives up after
+/// 5 s (the endpoint was removed again meanwhile).
+fn drain_when_known(balancer: Balancer<Key, Upstream, Body>, key: Key) {
+    tokio::spawn(async move {
+        for _ in 0..500 {
+            if balancer.drain(&key) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
 }
 
 fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {

@@ -95,7 +95,9 @@
 //!     endpoints: [{address: "127.0.0.1:9003", id: s3, draining: false}]
 //!                                     # id: the endpoint's key in tokens (HAProxy's
 //!                                     # `server … cookie s3`), default `<service>/<address>`;
-//!                                     # draining: no new sessions, its sessions stay
+//!                                     # draining: no new sessions, its sessions stay;
+//!                                     # drainTimeout: 5m (with draining) then it is taken
+//!                                     # out and its remaining sessions re-pin
 //!     healthCheck:                    # optional: active checks, once per process
 //!       path: /healthz                # HTTP GET (without a path: a TCP connect; for
 //!                                     # kubernetes.io/h2c: grpc.health.v1 Check, SERVING)
@@ -158,7 +160,9 @@
 //!                                     # (and may then use the same cookie name and path)
 //!           x-balancer:               # optional extension block, every field optional
 //!             failfast: 1s            # how long a request waits for its endpoint to be ready
-//!             endpointQueue: 128      # how many requests may wait for one endpoint
+//!             endpointQueue: 128      # how many requests may wait for one endpoint (both
+//!                                     # apply with limits.maxConnectionsPerEndpoint; without
+//!                                     # it endpoints are always ready)
 //!             ejectFor: 10s           # how long an endpoint that refused a connection is
 //!                                     # left out (its sessions fail over); 0s: never
 //!             replay: false           # send a bodiless request whose endpoint refused the

@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 mod gateway_process;
-use gateway_process::start_gateway;
+use gateway_process::{TempFile, spawn_gateway, start_gateway};
 
 /// A backend named `name` whose `/healthz` answers 200 while `healthy`, else 503; every other
 /// path answers its name.
@@ -143,4 +143,81 @@ routes:
         assert_eq!((served_by(&res), cookies(&res)), ("b".to_owned(), 0), "moved sessions stay");
     }
     eprintln!("moved after {moved:?}; back after {:?}", healed_from.elapsed());
+}
+
+/// A draining endpoint with a deadline keeps its sessions until the deadline, then loses them
+/// (each re-pinned once); new sessions never reach it meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_takes_the_endpoint_out_and_its_sessions_re_pin() {
+    let a = backend("a", Arc::new(AtomicBool::new(true))).await;
+    let b = backend("b", Arc::new(AtomicBool::new(true))).await;
+    let config = |a_entry: &str| {
+        format!(
+            "services:
+  - name: echo
+    endpoints: [{a_entry}, {{address: \"{b}\", id: b}}]
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {{name: shop}}
+    spec:
+      rules:
+        - backendRefs: [{{name: echo}}]
+          sessionPersistence: {{cookie: {{name: sticky}}}}
+          x-session-persistence: {{secure: false}}
+"
+        )
+    };
+    let file = TempFile::new(&config(&format!("{{address: \"{a}\", id: a}}")));
+    let path = file.0.clone();
+    let gw = spawn_gateway(&["--config", path.to_str().unwrap()], None).await;
+    let mut on_a = Vec::new();
+    for _ in 0..40 {
+        let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
+        let res = client.get(format!("{}/", gw.url)).send().await.unwrap();
+        if served_by(&res) == "a" {
+            on_a.push(client);
+        }
+        if on_a.len() >= 3 {
+            break;
+        }
+    }
+    assert!(on_a.len() >= 3);
+    let reloaded = gw.stderr.lock().unwrap().matches("configuration reloaded").count();
+    let next = path.with_extension("next");
+    std::fs::write(
+        &next,
+        config(&format!("{{address: \"{a}\", id: a, draining: true, drainTimeout: 3s}}")),
+    )
+    .unwrap();
+    std::fs::rename(&next, &path).unwrap();
+    let draining_from = Instant::now();
+    while gw.stderr.lock().unwrap().matches("configuration reloaded").count() <= reloaded {
+        assert!(draining_from.elapsed() < Duration::from_secs(20), "not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Draining: its sessions stay, no new ones come.
+    for client in &on_a {
+        let res = client.get(format!("{}/", gw.url)).send().await.unwrap();
+        assert_eq!((served_by(&res), cookies(&res)), ("a".to_owned(), 0));
+    }
+    for _ in 0..10 {
+        assert_eq!(served_by(&reqwest::get(format!("{}/", gw.url)).await.unwrap()), "b");
+    }
+    // After the deadline, every session of a re-pins once.
+    loop {
+        let res = on_a[0].get(format!("{}/", gw.url)).send().await.unwrap();
+        if served_by(&res) == "b" {
+            assert_eq!(cookies(&res), 1);
+            break;
+        }
+        assert!(draining_from.elapsed() < Duration::from_secs(15), "the deadline never took a out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(draining_from.elapsed() >= Duration::from_secs(2), "taken out before its deadline");
+    for client in &on_a[1..] {
+        let res = client.get(format!("{}/", gw.url)).send().await.unwrap();
+        assert_eq!((served_by(&res), cookies(&res)), ("b".to_owned(), 1));
+    }
+    drop(file);
 }

@@ -5,6 +5,8 @@
 //! x-balancer:
 //!   failfast: 1s         # how long a request waits for its endpoint to be ready
 //!   endpointQueue: 128   # how many requests may wait for one endpoint
+//!                        # (endpoints are busy only with limits.maxConnectionsPerEndpoint:
+//!                        # without it they are always ready and these never trigger)
 //!   ejectFor: 10s        # how long an endpoint that refused a connection is left out; 0s: never
 //!   replay: false        # send a bodiless request refused by its endpoint once more, elsewhere
 //!   affinity: {header: x-user}   # or {cookie: NAME}, or {clientIP: true}: for requests

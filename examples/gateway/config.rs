@@ -79,6 +79,9 @@ struct DetailedEndpoint {
     id: Option<String>,
     /// No new sessions; established ones keep reaching it until it is removed.
     draining: Option<bool>,
+    /// With `draining`: removed (its sessions re-pinned) this long after the drain began.
+    #[serde(rename = "drainTimeout")]
+    drain_timeout: Option<String>,
 }
 
 impl EndpointConfig {
@@ -240,6 +243,8 @@ pub(crate) struct EndpointPlan {
     pub(crate) draining: bool,
     /// Whether it speaks HTTP/2 with prior knowledge (h2c).
     pub(crate) h2c: bool,
+    /// With `draining`: how long until it is taken out altogether.
+    pub(crate) drain_timeout: Option<Duration>,
 }
 
 /// Token keys, decoded; the first signs or seals, all verify. Never printed.
@@ -468,7 +473,25 @@ fn check_services(services: &[ServiceConfig]) -> Result<Services, ConfigError> {
                 }
                 None => format!("{}/{addr}", service.name),
             };
-            endpoints.push(EndpointPlan { addr, key, draining: entry.draining(), h2c });
+            let drain_timeout = match entry {
+                EndpointConfig::Detailed(DetailedEndpoint {
+                    drain_timeout: Some(text), ..
+                }) => {
+                    let at = format!("services[{s}].endpoints[{e}].drainTimeout");
+                    if !entry.draining() {
+                        return Err(ConfigError::new(at, "applies to draining endpoints only"));
+                    }
+                    duration(Some(text), &at)?
+                }
+                _ => None,
+            };
+            endpoints.push(EndpointPlan {
+                addr,
+                key,
+                draining: entry.draining(),
+                h2c,
+                drain_timeout,
+            });
         }
         checked.push((service.name.clone(), endpoints));
     }

@@ -5,6 +5,9 @@
 //! services. An endpoint that goes down leaves every serving thread's balancers (its sessions
 //! fail over per `onUnavailable`, it takes no new ones); it comes back after `rise` good
 //! checks, never on a timer alone.
+//!
+//! The same control takes a draining endpoint out when its `drainTimeout` passes (its
+//! remaining sessions re-pin), and brings it back if it stops draining.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tower_session_persistence::health::{Health, HealthCheckConfig, HealthChecker};
 
 use crate::config::{ConfigError, EndpointPlan, Plan, duration};
@@ -143,27 +147,142 @@ pub(crate) fn check(
     Ok(HealthPlan { config, check })
 }
 
+/// Whether each endpoint should be in the balancers, from its health checks and its drain
+/// deadline, applied to every serving thread's gateway when that changes. One per process.
+struct Control {
+    gateways: Vec<Gateway>,
+    endpoints: Mutex<HashMap<String, Status>>,
+}
+
+/// What is known of one endpoint.
+struct Status {
+    endpoint: EndpointPlan,
+    /// Its checks say it is down.
+    down: bool,
+    /// Its drain deadline passed.
+    expired: bool,
+    /// Whether the balancers have it (what was last applied).
+    applied: bool,
+    /// The timer of its drain deadline.
+    deadline: Option<AbortHandle>,
+}
+
+impl Control {
+    /// Applies `key`'s status to the balancers if it changed; call with the lock released.
+    fn update(&self, key: &str) {
+        let change = {
+            let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(status) = endpoints.get_mut(key) else { return };
+            let wanted = !status.down && !status.expired;
+            (wanted != status.applied).then(|| {
+                status.applied = wanted;
+                (status.endpoint.clone(), wanted)
+            })
+        };
+        if let Some((endpoint, wanted)) = change {
+            for gateway in &self.gateways {
+                gateway.set_health(&endpoint, wanted);
+            }
+        }
+    }
+
+    fn set_down(&self, key: &str, down: bool) {
+        if let Some(status) =
+            self.endpoints.lock().unwrap_or_else(PoisonError::into_inner).get_mut(key)
+        {
+            status.down = down;
+        }
+        self.update(key);
+    }
+
+    /// Follows `endpoint` as configured now: known, its drain deadline started or stopped.
+    fn follow(self: &Arc<Self>, endpoint: &EndpointPlan) {
+        let key = endpoint.key.clone();
+        {
+            let mut endpoints = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner);
+            let status = endpoints.entry(key.clone()).or_insert_with(|| Status {
+                endpoint: endpoint.clone(),
+                down: false,
+                expired: false,
+                applied: true,
+                deadline: None,
+            });
+            if status.endpoint.addr != endpoint.addr {
+                // Moved: a new endpoint under the same key, which the gateways put in their
+                // balancers; its checks start afresh (see `apply`).
+                status.down = false;
+                status.applied = true;
+            }
+            status.endpoint = endpoint.clone();
+            match (endpoint.draining.then_some(endpoint.drain_timeout).flatten(), &status.deadline)
+            {
+                (Some(timeout), None) => {
+                    let (control, key) = (Arc::downgrade(self), key.clone());
+                    let task = tokio::spawn(async move {
+                        tokio::time::sleep(timeout).await;
+                        let Some(control) = control.upgrade() else { return };
+                        tracing::warn!(endpoint = %key, ?timeout, "drain deadline passed: endpoint removed, its sessions re-pin");
+                        if let Some(status) = control
+                            .endpoints
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_mut(&key)
+                        {
+                            status.expired = true;
+                        }
+                        control.update(&key);
+                    });
+                    status.deadline = Some(task.abort_handle());
+                }
+                (None, Some(_)) => {
+                    // No longer draining (or no deadline): it may come back.
+                    if let Some(task) = status.deadline.take() {
+                        task.abort();
+                    }
+                    status.expired = false;
+                }
+                _ => {}
+            }
+        }
+        self.update(&key);
+    }
+
+    /// Forgets `key` (removed from the configuration).
+    fn forget(&self, key: &str) {
+        let removed = self.endpoints.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+        if let Some(task) = removed.and_then(|status| status.deadline) {
+            task.abort();
+        }
+    }
+}
+
 /// Endpoint key → the endpoint, for one service's checks.
 type Checked = Arc<Mutex<HashMap<String, EndpointPlan>>>;
 
-/// The running checks, one checker per checked service; kept up to date with live changes.
+/// The running checks (one checker per checked service) and drain deadlines; kept up to date
+/// with live changes.
 pub(crate) struct HealthChecks {
+    control: Arc<Control>,
     /// Service name → its checker and what it checks.
     services: Mutex<HashMap<String, (HealthChecker<String>, Checked)>>,
 }
 
 impl HealthChecks {
-    /// Starts the checks of every service of `plan` that has one, applying their changes to
-    /// `gateways` (every serving thread's). Needs a tokio runtime: the checks run on it.
+    /// Starts the checks of every service of `plan` that has one, and the drain deadlines,
+    /// applying their changes to `gateways` (every serving thread's). Needs a tokio runtime:
+    /// the checks and deadlines run on it.
     pub(crate) fn start(plan: &Plan, gateways: Vec<Gateway>) -> Self {
-        let gateways = Arc::new(gateways);
+        let control = Arc::new(Control { gateways, endpoints: Mutex::default() });
         let mut services = HashMap::new();
         for service in &plan.services {
+            for endpoint in &service.endpoints {
+                control.follow(endpoint);
+            }
             let Some(health) = &service.health else { continue };
             let endpoints: Checked = Arc::default();
-            let (probe_endpoints, change_endpoints) = (endpoints.clone(), endpoints.clone());
             let check = health.check.clone();
             let timeout = health.config.get_timeout();
+            let probe_endpoints = endpoints.clone();
             let probe = move |key: &String| {
                 let addr = probe_endpoints
                     .lock()
@@ -178,14 +297,8 @@ impl HealthChecks {
                     }
                 }
             };
-            let (gateways, name) = (gateways.clone(), service.name.clone());
+            let (changes, name) = (Arc::downgrade(&control), service.name.clone());
             let on_change = move |key: &String, health: Health| {
-                let endpoint = change_endpoints
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get(key)
-                    .cloned();
-                let Some(endpoint) = endpoint else { return };
                 match health {
                     Health::Down => {
                         tracing::warn!(service = %name, endpoint = %key, "health check failing: endpoint down")
@@ -194,8 +307,8 @@ impl HealthChecks {
                         tracing::info!(service = %name, endpoint = %key, "health check passing: endpoint up")
                     }
                 }
-                for gateway in gateways.iter() {
-                    gateway.set_health(&endpoint, health == Health::Up);
+                if let Some(control) = changes.upgrade() {
+                    control.set_down(key, health == Health::Down);
                 }
             };
             let checker = HealthChecker::start(health.config, probe, on_change);
@@ -208,12 +321,29 @@ impl HealthChecks {
             }
             services.insert(service.name.clone(), (checker, endpoints));
         }
-        Self { services: Mutex::new(services) }
+        Self { control, services: Mutex::new(services) }
     }
 
-    /// Follows a new configuration: endpoints added to a checked service are checked, removed
-    /// ones no longer. (Adding or changing a `healthCheck:` block needs a restart.)
+    /// Follows a new configuration (after the gateways applied it): endpoints added to a
+    /// checked service are checked, removed ones no longer; drain deadlines start and stop.
+    /// (Adding or changing a `healthCheck:` block needs a restart.)
     pub(crate) fn apply(&self, plan: &Plan) {
+        let configured: HashMap<&String, &EndpointPlan> =
+            plan.services.iter().flat_map(|s| &s.endpoints).map(|e| (&e.key, e)).collect();
+        let known: Vec<String> = self
+            .control
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        for key in known.iter().filter(|key| !configured.contains_key(key)) {
+            self.control.forget(key);
+        }
+        for endpoint in configured.values() {
+            self.control.follow(endpoint);
+        }
         let services = self.services.lock().unwrap_or_else(PoisonError::into_inner);
         for service in &plan.services {
             let Some((checker, endpoints)) = services.get(&service.name) else { continue };
@@ -228,8 +358,13 @@ impl HealthChecks {
                 keep
             });
             for (key, endpoint) in wanted {
-                if known.insert(key.clone(), endpoint.clone()).is_none() {
-                    checker.add(key.clone());
+                match known.insert(key.clone(), endpoint.clone()) {
+                    None => checker.add(key.clone()),
+                    Some(old) if old.addr != endpoint.addr => {
+                        checker.remove(key);
+                        checker.add(key.clone());
+                    }
+                    Some(_) => {}
                 }
             }
         }

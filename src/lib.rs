@@ -111,8 +111,14 @@ pub mod balance;
 mod carrier;
 mod endpoint_key;
 pub mod layer;
+#[cfg(feature = "learn")]
+#[cfg_attr(docsrs, doc(cfg(feature = "learn")))]
+pub mod learn;
 pub mod policy;
 pub mod seam;
+#[cfg(feature = "learn")]
+#[cfg_attr(docsrs, doc(cfg(feature = "learn")))]
+pub mod store;
 pub mod strategy;
 pub mod token;
 

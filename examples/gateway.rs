@@ -187,6 +187,8 @@ mod routing;
 mod server;
 #[path = "gateway/stack.rs"]
 mod stack;
+#[path = "gateway/store.rs"]
+mod store;
 #[path = "gateway/upgrade.rs"]
 mod upgrade;
 

@@ -43,6 +43,8 @@ struct File {
     services: Vec<ServiceConfig>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
+    /// Where learned sessions live (`strategy: learn`).
+    store: Option<crate::store::StoreConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +180,8 @@ pub(crate) struct Plan {
     pub(crate) timeout: Option<Duration>,
     /// Every rule of every route, in file order.
     pub(crate) rules: Vec<RulePlan>,
+    /// Where learned sessions live; made on first use, shared by every rule and thread.
+    pub(crate) store: crate::store::Store,
 }
 
 /// One `HTTPRoute` rule.
@@ -301,6 +305,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         Some(keys) => (decode_keys(keys)?, false),
         None => (random_key()?, true),
     };
+    let store = crate::store::check(file.store.as_ref(), ephemeral_key)?;
     let services = check_services(&file.services)?;
     let mut rules = Vec::new();
     let mut seen_routes = HashSet::new();
@@ -308,7 +313,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         let at = format!("routes[{r}]");
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
     }
-    Ok(Plan { listen, keys, ephemeral_key, timeout, rules })
+    Ok(Plan { listen, keys, ephemeral_key, timeout, rules, store })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.

@@ -19,6 +19,7 @@ use tower_session_persistence::token::{Dates, PlainCodec, SealedCodec, SignedCod
 use tower_session_persistence::{OnUnavailable, SessionPersistenceLayer};
 
 use crate::config::{ConfigError, Keys, duration};
+use crate::store::Learning;
 
 /// The `x-session-persistence` extension block; every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +41,8 @@ pub(crate) struct Extension {
     attributes: Option<Vec<String>>,
     max_clock_skew: Option<String>,
     refresh_interval: Option<String>,
+    /// `strategy: learn`: the application's cookie or header (see `store.rs`).
+    learn: Option<crate::store::LearnConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -57,6 +60,7 @@ enum StrategyName {
     Prefix,
     Passive,
     Url,
+    Learn,
 }
 
 /// How tokens are written: `signed` (default), `sealed`, or `plain` (HAProxy's values).
@@ -132,9 +136,16 @@ pub(crate) struct Persistence {
     codec: CodecName,
     max_clock_skew: Option<Duration>,
     refresh_interval: Option<Duration>,
+    /// `strategy: learn`: the rule persists on the application's own session instead.
+    learn: Option<Learning>,
 }
 
 impl Persistence {
+    /// The learned-session settings, with `strategy: learn`.
+    pub(crate) fn learning(&self) -> Option<&Learning> {
+        self.learn.as_ref()
+    }
+
     /// The policy: name, carrier, timeouts, cookie attributes.
     pub(crate) fn policy(&self) -> &SessionPolicy {
         &self.policy
@@ -218,10 +229,44 @@ pub(crate) fn check(
             codec: CodecName::Signed,
             max_clock_skew: None,
             refresh_interval: None,
+            learn: None,
         });
     };
     let ext_at = format!("{at}.x-session-persistence");
     let field = |name: &str| format!("{ext_at}.{name}");
+
+    if ext.strategy == Some(StrategyName::Learn) || ext.learn.is_some() {
+        if ext.strategy != Some(StrategyName::Learn) {
+            return Err(ConfigError::new(field("learn"), "applies to strategy learn only"));
+        }
+        let ignored = [
+            ("codec", ext.codec.is_some()),
+            ("url", ext.url.is_some()),
+            ("indirect", ext.indirect.is_some()),
+            ("preserve", ext.preserve.is_some()),
+            ("nocache", ext.nocache.is_some()),
+            ("postonly", ext.postonly.is_some()),
+            ("secure", ext.secure.is_some()),
+            ("httpOnly", ext.http_only.is_some()),
+            ("sameSite", ext.same_site.is_some()),
+            ("domain", ext.domain.is_some()),
+            ("partitioned", ext.partitioned.is_some()),
+            ("attributes", ext.attributes.is_some()),
+            ("maxClockSkew", ext.max_clock_skew.is_some()),
+            ("refreshInterval", ext.refresh_interval.is_some()),
+        ];
+        let ignored = ignored.iter().find(|(_, set)| *set).map(|(name, _)| *name);
+        let learn =
+            crate::store::check_learn(stanza, &standard, ext.learn.as_ref(), ignored, &ext_at)?;
+        return Ok(Persistence {
+            policy: standard,
+            strategy: None,
+            codec: CodecName::Signed,
+            max_clock_skew: None,
+            refresh_interval: None,
+            learn: Some(learn),
+        });
+    }
 
     let cookie_only = [
         ("strategy", ext.strategy.is_some()),
@@ -290,6 +335,7 @@ pub(crate) fn check(
         codec: ext.codec.unwrap_or_default(),
         max_clock_skew: duration(ext.max_clock_skew.as_deref(), &field("maxClockSkew"))?,
         refresh_interval: duration(ext.refresh_interval.as_deref(), &field("refreshInterval"))?,
+        learn: None,
     })
 }
 
@@ -341,6 +387,7 @@ fn strategy(
         }
         StrategyName::Prefix => StrategyPlan::Prefix,
         StrategyName::Passive => StrategyPlan::Passive,
+        StrategyName::Learn => unreachable!("strategy learn is checked by crate::store"),
         StrategyName::Url => {
             let config = ext.url.clone().unwrap_or(UrlConfig {
                 parameter: None,

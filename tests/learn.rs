@@ -210,7 +210,6 @@ async fn a_client_chosen_identifier_is_learned_only_when_the_rule_says_so() {
     assert_eq!((backend(&res), decision(&res)), ("pod-b", None));
     let res = send(&svc, &[("x-default", "pod-c"), ("cookie", "JSESSIONID=mine")]).await;
     assert_eq!((backend(&res), decision(&res)), ("pod-c", None));
-    store.run_pending_tasks();
     assert_eq!(store.entry_count(), 0);
 
     let svc = cookie_layer(store.clone()).learn_requests(true).layer(balancer());

@@ -1,22 +1,23 @@
-//! The in-process store: a bounded concurrent cache (moka, LRU eviction) of identifier
-//! hashes to endpoint keys.
+//! The in-process store: a bounded concurrent cache (quick_cache, S3-FIFO eviction) of
+//! identifier hashes to endpoint keys.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
-use moka::Expiry;
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
+use quick_cache::Weighter;
+use quick_cache::sync::{Cache, DefaultLifecycle};
 
 use super::{Lifetime, SessionStore, StoreFuture, StoreKey, millis, unix_millis};
 
 /// What one entry costs in memory, as the weigher counts it: measured with
-/// `benches/learn_memory.sh` (RSS after a million entries, divided), rounded up. An endpoint
-/// key that is not shared with other entries adds its length.
-pub(crate) const ENTRY_BYTES: u32 = 200;
+/// `cargo bench --bench learn` (resident memory after a million entries, divided; see
+/// `docs/BENCHMARKS.md`), rounded up. An endpoint key that is not shared with other entries
+/// adds its length.
+pub(crate) const ENTRY_BYTES: u64 = 160;
 
 /// How many distinct endpoint keys are shared between entries (one copy each); beyond that,
 /// each entry holds its own copy.
@@ -25,17 +26,14 @@ const MAX_SHARED_ENDPOINTS: usize = 4096;
 /// One learned session.
 struct Slot {
     endpoint: Arc<[u8]>,
-    /// Whether `endpoint` is the shared copy (not weighed per entry).
-    shared: bool,
     /// When it was stored and last used, in Unix milliseconds of the layer's clock.
     first: u64,
     last: AtomicU64,
     /// Its timeouts in milliseconds, 0 for none.
     idle: u64,
     absolute: u64,
-    /// When it was stored by the monotonic clock: the cache's own expiry (memory reclamation)
-    /// counts from here.
-    born: Instant,
+    /// Whether `endpoint` is the shared copy (not weighed per entry).
+    shared: bool,
 }
 
 impl Slot {
@@ -47,63 +45,68 @@ impl Slot {
     }
 }
 
-/// The cache's own expiry, which frees memory: the same timeouts by the monotonic clock. The
-/// store's answers are decided by [`Slot::expired`] with the layer's clock, so a test clock
-/// only makes entries look older, never younger.
-struct SlotExpiry;
+/// Weighs entries in bytes.
+#[derive(Clone, Copy)]
+struct Bytes;
 
-impl SlotExpiry {
-    fn remaining(slot: &Slot, at: Instant) -> Option<Duration> {
-        let idle = (slot.idle != 0).then(|| Duration::from_millis(slot.idle));
-        let absolute = (slot.absolute != 0).then(|| {
-            Duration::from_millis(slot.absolute)
-                .saturating_sub(at.saturating_duration_since(slot.born))
-        });
-        match (idle, absolute) {
-            (Some(idle), Some(absolute)) => Some(idle.min(absolute)),
-            (one, other) => one.or(other),
+impl Weighter<u128, Arc<Slot>> for Bytes {
+    fn weight(&self, _: &u128, slot: &Arc<Slot>) -> u64 {
+        let own = if slot.shared { 0 } else { slot.endpoint.len() };
+        ENTRY_BYTES + u64::try_from(own).unwrap_or(u64::MAX)
+    }
+}
+
+/// Hashes the keys by taking their first 64 bits: they are already keyed hashes (HMAC
+/// output), uniformly spread and unknown to clients, so hashing them again is wasted work.
+#[derive(Clone, Copy, Default)]
+struct Digest;
+
+impl BuildHasher for Digest {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+/// See [`Digest`].
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is expected; anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
-}
 
-impl Expiry<u128, Arc<Slot>> for SlotExpiry {
-    fn expire_after_create(&self, _: &u128, slot: &Arc<Slot>, at: Instant) -> Option<Duration> {
-        Self::remaining(slot, at)
-    }
-
-    fn expire_after_read(
-        &self,
-        _: &u128,
-        slot: &Arc<Slot>,
-        at: Instant,
-        _: Option<Duration>,
-        _: Instant,
-    ) -> Option<Duration> {
-        Self::remaining(slot, at)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &u128,
-        slot: &Arc<Slot>,
-        at: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        Self::remaining(slot, at)
+    fn write_u128(&mut self, key: u128) {
+        // Truncation intended: the high half of a uniform 128-bit hash.
+        self.0 = (key >> 64) as u64;
     }
 }
+
+type Entries = Cache<u128, Arc<Slot>, Bytes, Digest, DefaultLifecycle<u128, Arc<Slot>>>;
 
 /// The in-process [`SessionStore`]: sessions learned by this process, shared by all its
 /// threads and rules. No set-up, no network; lost on restart, not shared between replicas
-/// (use [`RedisStore`](super::RedisStore) for that).
+/// (use `RedisStore`, with the `redis` feature, for that).
 ///
-/// Built on [moka](https://docs.rs/moka)'s concurrent cache with LRU eviction: bounded by a
-/// number of entries and, through a weigher, by bytes; each entry expires by its own
-/// [`Lifetime`] (idle refreshed on use, absolute from when it was stored). Lookups answer at
-/// once, without allocating. Cheap to clone: clones share the cache.
+/// Built on [quick_cache](https://docs.rs/quick_cache)'s concurrent cache (sharded, S3-FIFO
+/// eviction: entries used once leave before entries in use): bounded by a number of entries
+/// and, through a weigher, by bytes. Each entry carries its own [`Lifetime`]: a lookup
+/// refreshes the idle timeout, the absolute one counts from when it was stored; an expired
+/// entry is answered as absent and removed when it is looked up, and one that is never looked
+/// up again is among the first evicted when the store is full. Lookups answer at once, without
+/// allocating. Cheap to clone: clones share the cache.
 ///
-/// Memory: about 200 bytes per entry (`docs/BENCHMARKS.md`), so a million sessions take about
-/// 200 MB; keys are 16-byte hashes and endpoint keys are shared between entries.
+/// Memory: about 160 bytes per entry (`docs/BENCHMARKS.md`), so a million sessions take about
+/// 160 MB; keys are 16-byte hashes and endpoint keys are shared between entries.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -129,7 +132,7 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    cache: Cache<u128, Arc<Slot>>,
+    cache: Entries,
     endpoints: RwLock<HashMap<Box<[u8]>, Arc<[u8]>>>,
     max_entries: u64,
     max_bytes: u64,
@@ -138,7 +141,7 @@ struct Inner {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.inner.cache.entry_count())
+            .field("entries", &self.inner.cache.len())
             .field("max_entries", &self.inner.max_entries)
             .field("max_bytes", &self.inner.max_bytes)
             .finish()
@@ -146,7 +149,7 @@ impl fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store of at most `max_entries` sessions (least recently used evicted first).
+    /// A store of at most `max_entries` sessions.
     pub fn new(max_entries: u64) -> Self {
         Self::with_limits(max_entries, u64::MAX)
     }
@@ -162,16 +165,10 @@ impl MemoryStore {
     /// assert_eq!(store.max_entries(), 1_000_000);
     /// ```
     pub fn with_limits(max_entries: u64, max_bytes: u64) -> Self {
-        let capacity = max_entries.saturating_mul(u64::from(ENTRY_BYTES)).min(max_bytes);
-        let cache = Cache::builder()
-            .max_capacity(capacity)
-            .eviction_policy(EvictionPolicy::lru())
-            .weigher(|_: &u128, slot: &Arc<Slot>| {
-                let own = if slot.shared { 0 } else { slot.endpoint.len() };
-                ENTRY_BYTES.saturating_add(u32::try_from(own).unwrap_or(u32::MAX))
-            })
-            .expire_after(SlotExpiry)
-            .build();
+        let max_entries = max_entries.max(1);
+        let capacity = max_entries.saturating_mul(ENTRY_BYTES).min(max_bytes).max(ENTRY_BYTES);
+        let estimated = usize::try_from(capacity / ENTRY_BYTES).unwrap_or(usize::MAX);
+        let cache = Entries::with(estimated, capacity, Bytes, Digest, DefaultLifecycle::default());
         Self {
             inner: Arc::new(Inner { cache, endpoints: RwLock::default(), max_entries, max_bytes }),
         }
@@ -182,16 +179,9 @@ impl MemoryStore {
         self.inner.max_entries
     }
 
-    /// How many entries the store holds (approximate until pending maintenance has run; see
-    /// [`run_pending_tasks`](Self::run_pending_tasks)).
+    /// How many entries the store holds, expired ones not looked up since included.
     pub fn entry_count(&self) -> u64 {
-        self.inner.cache.entry_count()
-    }
-
-    /// Runs the cache's pending maintenance now (evictions, expiry); it otherwise runs along
-    /// with the store's operations. For tests and measurements.
-    pub fn run_pending_tasks(&self) {
-        self.inner.cache.run_pending_tasks();
+        u64::try_from(self.inner.cache.len()).unwrap_or(u64::MAX)
     }
 
     /// The shared copy of an endpoint key, made on first sight.
@@ -228,7 +218,8 @@ impl SessionStore for MemoryStore {
         let now = unix_millis(now);
         let found = match self.inner.cache.get(&key) {
             Some(slot) if slot.expired(now) => {
-                self.inner.cache.invalidate(&key);
+                // Only this entry: a newer one stored meanwhile stays.
+                self.inner.cache.remove_if(&key, |current| Arc::ptr_eq(current, &slot));
                 None
             }
             Some(slot) => {
@@ -251,12 +242,11 @@ impl SessionStore for MemoryStore {
         let now = unix_millis(now);
         let slot = Slot {
             endpoint,
-            shared,
             first: now,
             last: AtomicU64::new(now),
             idle: lifetime.effective_idle().map_or(0, |d| millis(d).max(1)),
             absolute: lifetime.absolute.map_or(0, |d| millis(d).max(1)),
-            born: Instant::now(),
+            shared,
         };
         self.inner.cache.insert(cache_key(key), Arc::new(slot));
         StoreFuture::ready(Ok(()))
@@ -265,6 +255,8 @@ impl SessionStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn key(n: u8) -> StoreKey {
@@ -305,6 +297,7 @@ mod tests {
         assert_eq!(get(&store, &key(1), lifetime, at(t0, 25)), None);
         // And removed: earlier times do not bring it back.
         assert_eq!(get(&store, &key(1), lifetime, at(t0, 1)), None);
+        assert_eq!(store.entry_count(), 0);
 
         let _ = store.insert(&key(2), b"b", lifetime, t0).take_ready();
         assert_eq!(get(&store, &key(2), lifetime, at(t0, 10)), None, "idle for 10 s");
@@ -329,17 +322,37 @@ mod tests {
         for n in 0..=255u8 {
             let _ = store.insert(&key(n), b"a", Lifetime::default(), t0).take_ready();
         }
-        store.run_pending_tasks();
         assert!(store.entry_count() <= 100, "{}", store.entry_count());
-        // The most recent ones are there.
+        // The most recent one is there.
         assert!(get(&store, &key(255), Lifetime::default(), t0).is_some());
 
-        let store = MemoryStore::with_limits(1000, u64::from(ENTRY_BYTES) * 10);
+        let store = MemoryStore::with_limits(1000, ENTRY_BYTES * 10);
         for n in 0..=255u8 {
             let _ = store.insert(&key(n), b"a", Lifetime::default(), t0).take_ready();
         }
-        store.run_pending_tasks();
         assert!(store.entry_count() <= 10, "{}", store.entry_count());
+    }
+
+    #[test]
+    fn sessions_in_use_survive_a_flood_of_new_ones() {
+        let store = MemoryStore::new(1000);
+        let t0 = SystemTime::now();
+        let wide = |n: u32| {
+            let mut digest = [0u8; 16];
+            digest[..4].copy_from_slice(&n.to_be_bytes());
+            digest[4..8].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_be_bytes());
+            StoreKey::new("s", digest)
+        };
+        for n in 0..100 {
+            let _ = store.insert(&wide(n), b"a", Lifetime::default(), t0).take_ready();
+        }
+        for n in 100..20_000 {
+            // The first hundred are in use all along.
+            let _ = get(&store, &wide(n % 100), Lifetime::default(), t0);
+            let _ = store.insert(&wide(n), b"a", Lifetime::default(), t0).take_ready();
+        }
+        let kept = (0..100).filter(|n| get(&store, &wide(*n), Lifetime::default(), t0).is_some());
+        assert!(kept.count() >= 90);
     }
 
     #[test]

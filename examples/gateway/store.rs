@@ -3,7 +3,7 @@
 //!
 //! ```yaml
 //! store:                                   # optional; where learned sessions live
-//!   memory: {maxEntries: 1000000}          # the default: in this process, LRU-bounded
+//!   memory: {maxEntries: 1000000}          # the default: in this process, bounded
 //!   # or: redis: {url: "redis://127.0.0.1:6379/0", timeout: 50ms, prefix: "tsp:learn:"}
 //! routes:
 //!   - ...

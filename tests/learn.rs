@@ -112,10 +112,13 @@ impl SessionStore for Deferred {
     }
 }
 
+/// A key a store was given, and the value (empty for a lookup).
+type Seen = (StoreKey, Vec<u8>);
+
 /// Records every key and value a store is given.
 #[derive(Debug, Clone, Default)]
 struct Recording {
-    seen: Arc<Mutex<Vec<(StoreKey, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
     inner: Option<MemoryStore>,
 }
 

@@ -91,6 +91,9 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// Endpoint key bytes → the one copy entries share.
+type SharedEndpoints = HashMap<Box<[u8]>, Arc<[u8]>>;
+
 type Entries = Cache<u128, Arc<Slot>, Bytes, Digest, DefaultLifecycle<u128, Arc<Slot>>>;
 
 /// The in-process [`SessionStore`]: sessions learned by this process, shared by all its
@@ -133,7 +136,7 @@ pub struct MemoryStore {
 
 struct Inner {
     cache: Entries,
-    endpoints: RwLock<HashMap<Box<[u8]>, Arc<[u8]>>>,
+    endpoints: RwLock<SharedEndpoints>,
     max_entries: u64,
     max_bytes: u64,
 }

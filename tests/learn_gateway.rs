@@ -112,7 +112,7 @@ async fn the_gateway_learns_the_applications_cookie_and_header() {
     }
     // The access log says what happened, and never shows an identifier.
     let log = gw.stderr.lock().unwrap().clone();
-    assert!(log.contains("rule ready, learning"), "{log}");
+    assert!(log.contains("session=new") && log.contains("session=pinned"), "{log}");
     assert!(!log.contains(&id) && !log.contains("JSESSIONID=b"), "{log}");
 }
 

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -17,18 +16,25 @@ use super::{Lifetime, SessionStore, StoreFuture, StoreKey, millis, unix_millis};
 /// `cargo bench --bench learn` (resident memory after a million entries, divided; see
 /// `docs/BENCHMARKS.md`), rounded up. An endpoint key that is not shared with other entries
 /// adds its length.
-pub(crate) const ENTRY_BYTES: u64 = 160;
+pub(crate) const ENTRY_BYTES: u64 = 120;
 
 /// How many distinct endpoint keys are shared between entries (one copy each); beyond that,
 /// each entry holds its own copy.
 const MAX_SHARED_ENDPOINTS: usize = 4096;
 
-/// One learned session.
+/// The longest a lookup leaves the recorded last use unchanged: refreshing it is a write, so
+/// a session in steady use is written at most this often (and every sixteenth of its idle
+/// timeout when that is shorter). A session survives any gap between requests shorter than its
+/// idle timeout minus this.
+const REFRESH: u64 = 1_000;
+
+/// One learned session, held in the cache itself (no allocation of its own).
+#[derive(Clone)]
 struct Slot {
     endpoint: Arc<[u8]>,
     /// When it was stored and last used, in Unix milliseconds of the layer's clock.
     first: u64,
-    last: AtomicU64,
+    last: u64,
     /// Its timeouts in milliseconds, 0 for none.
     idle: u64,
     absolute: u64,
@@ -39,9 +45,13 @@ struct Slot {
 impl Slot {
     /// Whether the session is over at `now` (Unix milliseconds).
     fn expired(&self, now: u64) -> bool {
-        let last = self.last.load(Ordering::Relaxed);
         (self.absolute != 0 && now.saturating_sub(self.first) >= self.absolute)
-            || (self.idle != 0 && now.saturating_sub(last) >= self.idle)
+            || (self.idle != 0 && now.saturating_sub(self.last) >= self.idle)
+    }
+
+    /// Whether a lookup at `now` should record the use.
+    fn stale(&self, now: u64) -> bool {
+        self.idle != 0 && now.saturating_sub(self.last) >= REFRESH.min(self.idle / 16)
     }
 }
 
@@ -49,8 +59,8 @@ impl Slot {
 #[derive(Clone, Copy)]
 struct Bytes;
 
-impl Weighter<u128, Arc<Slot>> for Bytes {
-    fn weight(&self, _: &u128, slot: &Arc<Slot>) -> u64 {
+impl Weighter<u128, Slot> for Bytes {
+    fn weight(&self, _: &u128, slot: &Slot) -> u64 {
         let own = if slot.shared { 0 } else { slot.endpoint.len() };
         ENTRY_BYTES + u64::try_from(own).unwrap_or(u64::MAX)
     }
@@ -94,7 +104,7 @@ impl Hasher for DigestHasher {
 /// Endpoint key bytes → the one copy entries share.
 type SharedEndpoints = HashMap<Box<[u8]>, Arc<[u8]>>;
 
-type Entries = Cache<u128, Arc<Slot>, Bytes, Digest, DefaultLifecycle<u128, Arc<Slot>>>;
+type Entries = Cache<u128, Slot, Bytes, Digest, DefaultLifecycle<u128, Slot>>;
 
 /// The in-process [`SessionStore`]: sessions learned by this process, shared by all its
 /// threads and rules. No set-up, no network; lost on restart, not shared between replicas
@@ -108,8 +118,13 @@ type Entries = Cache<u128, Arc<Slot>, Bytes, Digest, DefaultLifecycle<u128, Arc<
 /// up again is among the first evicted when the store is full. Lookups answer at once, without
 /// allocating. Cheap to clone: clones share the cache.
 ///
-/// Memory: about 160 bytes per entry (`docs/BENCHMARKS.md`), so a million sessions take about
-/// 160 MB; keys are 16-byte hashes and endpoint keys are shared between entries.
+/// Memory: about 110 bytes per entry (`docs/BENCHMARKS.md`), so a million sessions take about
+/// 110 MB; keys are 16-byte hashes, entries are held in the cache itself, and endpoint keys
+/// are shared between entries.
+///
+/// A lookup records the use (a write) at most once a second per session, or every sixteenth
+/// of its idle timeout when that is shorter: a session survives any gap between requests
+/// shorter than its idle timeout minus that.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -219,16 +234,23 @@ impl SessionStore for MemoryStore {
     ) -> StoreFuture<Option<Arc<[u8]>>> {
         let key = cache_key(key);
         let now = unix_millis(now);
-        let found = match self.inner.cache.get(&key) {
+        let cache = &self.inner.cache;
+        let found = match cache.get(&key) {
             Some(slot) if slot.expired(now) => {
-                // Only this entry: a newer one stored meanwhile stays.
-                self.inner.cache.remove_if(&key, |current| Arc::ptr_eq(current, &slot));
+                // Only this entry: one stored meanwhile (another store time) stays.
+                cache.remove_if(&key, |current| current.first == slot.first);
                 None
             }
-            Some(slot) => {
-                slot.last.fetch_max(now, Ordering::Relaxed);
-                Some(slot.endpoint.clone())
+            Some(mut slot) if slot.stale(now) => {
+                let endpoint = slot.endpoint.clone();
+                slot.last = now;
+                // Only if still there. A mapping another request stored between the `get` and
+                // here is overwritten: a window of microseconds, and the worst case is a
+                // re-map that the next request makes again.
+                cache.replace(key, slot, true).ok();
+                Some(endpoint)
             }
+            Some(slot) => Some(slot.endpoint),
             None => None,
         };
         StoreFuture::ready(Ok(found))
@@ -246,12 +268,12 @@ impl SessionStore for MemoryStore {
         let slot = Slot {
             endpoint,
             first: now,
-            last: AtomicU64::new(now),
+            last: now,
             idle: lifetime.effective_idle().map_or(0, |d| millis(d).max(1)),
             absolute: lifetime.absolute.map_or(0, |d| millis(d).max(1)),
             shared,
         };
-        self.inner.cache.insert(cache_key(key), Arc::new(slot));
+        self.inner.cache.insert(cache_key(key), slot);
         StoreFuture::ready(Ok(()))
     }
 }

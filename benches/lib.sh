@@ -77,7 +77,8 @@ wait_port() {
 PROFILE="${PROFILE:-perf}"
 build() {
     log "building the gateway and the bench backend (profile $PROFILE)"
-    (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet --example gateway --example bench_backend)
+    # FEATURES (environment): cargo features for the gateway, e.g. redis.
+    (cd "$ROOT" && cargo build --profile "$PROFILE" --quiet ${FEATURES:+--features "$FEATURES"} --example gateway --example bench_backend)
     local dir="$PROFILE"
     [ "$PROFILE" = dev ] && dir=debug
     GATEWAY="$ROOT/target/$dir/examples/gateway"

@@ -14,6 +14,8 @@
 //! |---|---|
 //! | `/app-srv` | `Set-Cookie: SRV=app-value; Path=/; Max-Age=3600` (rewrite, preserve) |
 //! | `/app-jsession` | `Set-Cookie: JSESSIONID=abc123; Path=/; HttpOnly` (prefix) |
+//! | `/login` | without a `JSESSIONID` cookie: `Set-Cookie: JSESSIONID=<name>-<n>; Path=/; HttpOnly`, a new session (learn) |
+//! | `/mcp` | without an `Mcp-Session-Id` header: `Mcp-Session-Id: <name>-<n>`, a new session (learn) |
 //! | `/logout` | `Set-Cookie: SRV=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/` (preserve) |
 //! | `/etag` | `ETag: "v1"` (nocache) |
 //! | `/redirect` | `302` to `/home` (URL sessions) |
@@ -30,6 +32,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+/// A number for each new application session, unique in this process.
+fn next_session() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let seen = req
         .headers()
@@ -45,6 +53,13 @@ fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         p if p.starts_with("/app-jsession") => {
             res = res.header("set-cookie", "JSESSIONID=abc123; Path=/; HttpOnly");
+        }
+        p if p.starts_with("/login") && !seen.contains("JSESSIONID=") => {
+            let cookie = format!("JSESSIONID={name}-{}; Path=/; HttpOnly", next_session());
+            res = res.header("set-cookie", cookie);
+        }
+        p if p.starts_with("/mcp") && !req.headers().contains_key("mcp-session-id") => {
+            res = res.header("mcp-session-id", format!("{name}-{}", next_session()));
         }
         p if p.starts_with("/logout") => {
             res = res.header("set-cookie", "SRV=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/");

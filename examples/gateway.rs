@@ -187,6 +187,23 @@
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
 //! without `backendRefs` answers 500.
 //!
+//! Learned sessions (`strategy: learn`, `examples/gateway/store.rs`): persistence on the
+//! application's own cookie or header, learned from the backend's responses; the gateway adds
+//! and changes nothing, and stores identifiers only as keyed hashes:
+//!
+//! ```yaml
+//! store: {memory: {maxEntries: 1000000}}  # top level, optional: the default; or
+//!                                         # {redis: {url: "redis://HOST:PORT/DB", timeout: 50ms,
+//!                                         # prefix: "tsp:learn:"}} (built with --features redis;
+//!                                         # needs `keys`, the same on every replica)
+//! # in a rule, next to sessionPersistence (its idleTimeout/absoluteTimeout bound the mapping):
+//!           x-session-persistence:
+//!             strategy: learn
+//!             learn: {cookie: JSESSIONID, fromRequests: false}  # or {header: Mcp-Session-Id};
+//!                                     # default the stanza's cookie.name / header.name;
+//!                                     # fromRequests: also learn ids clients send first
+//! ```
+//!
 //! # Live changes
 //!
 //! With `--config`, the file is read again when it changes (checked once a second) and on
@@ -255,6 +272,8 @@ mod routing;
 mod server;
 #[path = "gateway/stack.rs"]
 mod stack;
+#[path = "gateway/store.rs"]
+mod store;
 #[path = "gateway/upgrade.rs"]
 mod upgrade;
 

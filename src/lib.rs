@@ -68,6 +68,9 @@
 //! * **HTTP/2 and gRPC**: every `Cookie` field of a request is read, so HTTP/2 clients that
 //!   split their cookies keep their session; gRPC clients carry a header session in their
 //!   metadata (Gateway API `GRPCRoute` semantics).
+//! * **Applications that own their session** (`JSESSIONID`, `Mcp-Session-Id`, gRPC metadata):
+//!   [`learn::LearnLayer`] learns which endpoint set each identifier and pins to it, adding
+//!   nothing to the response (HAProxy's stick tables, NGINX's `sticky learn`).
 //! * **A gateway**: `cargo run --example gateway` is a reverse proxy configured by Gateway API
 //!   `HTTPRoute` YAML, built only from this crate's public API.
 //!
@@ -92,6 +95,8 @@
 //! | `edge` | [`edge`]: forwarded headers with a trust list, strict host checks, body idle timeouts | on |
 //! | `health` | [`health`]: active health checks with HAProxy's rise/fall | on |
 //! | `tracing` | `tracing` events for each decision and for the balancer's endpoint changes; without it they compile to nothing | on |
+//! | `learn` | [`learn::LearnLayer`]: persistence on the application's own session identifier, learned into a [`store::SessionStore`]; the in-process [`store::MemoryStore`] | on |
+//! | `redis` | `store::RedisStore`: learned sessions shared by replicas through Redis or Valkey | off |
 //!
 //! [`token::PlainCodec`] (HAProxy-compatible, for migration and debugging) is always there.
 #![forbid(unsafe_code)]
@@ -119,8 +124,14 @@ mod endpoint_key;
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
 pub mod layer;
+#[cfg(feature = "learn")]
+#[cfg_attr(docsrs, doc(cfg(feature = "learn")))]
+pub mod learn;
 pub mod policy;
 pub mod seam;
+#[cfg(feature = "learn")]
+#[cfg_attr(docsrs, doc(cfg(feature = "learn")))]
+pub mod store;
 pub mod strategy;
 pub mod token;
 

@@ -49,6 +49,8 @@ struct File {
     services: Vec<ServiceConfig>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
+    /// Where learned sessions live (`strategy: learn`).
+    store: Option<crate::store::StoreConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,6 +193,8 @@ pub(crate) struct Plan {
     pub(crate) rules: Vec<RulePlan>,
     /// Every service, in file order.
     pub(crate) services: Vec<ServicePlan>,
+    /// Where learned sessions live; made on first use, shared by every rule and thread.
+    pub(crate) store: crate::store::Store,
 }
 
 /// One entry of `services:`.
@@ -326,6 +330,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         Some(keys) => (decode_keys(keys)?, false),
         None => (random_key()?, true),
     };
+    let store = crate::store::check(file.store.as_ref(), ephemeral_key)?;
     let services = check_services(&file.services)?;
     let mut service_plans = Vec::with_capacity(services.len());
     for (s, ((name, endpoints), config)) in services.iter().zip(&file.services).enumerate() {
@@ -354,7 +359,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         let at = format!("routes[{r}]");
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
     }
-    Ok(Plan { listen, keys, ephemeral_key, edge, rules, services: service_plans })
+    Ok(Plan { listen, keys, ephemeral_key, edge, rules, services: service_plans, store })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.
@@ -587,7 +592,8 @@ fn check_cookie_clash(rule: &RulePlan, at: &str, earlier: &[RulePlan]) -> Result
 }
 
 fn session_cookie(rule: &RulePlan) -> Option<(&Persistence, &CookieAttributes)> {
-    let persistence = rule.persistence.as_ref()?;
+    // A learning rule's cookie is the application's, which the gateway never sets.
+    let persistence = rule.persistence.as_ref().filter(|p| p.learning().is_none())?;
     match persistence.policy().carrier() {
         Carrier::Cookie(cookie) => Some((persistence, cookie)),
         Carrier::Header(_) => None,

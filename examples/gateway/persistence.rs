@@ -19,6 +19,7 @@ use tower_session_persistence::token::{Dates, PlainCodec, SealedCodec, SignedCod
 use tower_session_persistence::{OnUnavailable, SessionPersistenceLayer};
 
 use crate::config::{ConfigError, Keys, duration};
+use crate::store::Learning;
 
 /// The `x-session-persistence` extension block; every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +43,8 @@ pub(crate) struct Extension {
     refresh_interval: Option<String>,
     /// Rules naming the same scope share their sessions (and may share a cookie name).
     scope: Option<String>,
+    /// `strategy: learn`: the application's cookie or header (see `store.rs`).
+    learn: Option<crate::store::LearnConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -59,6 +62,7 @@ enum StrategyName {
     Prefix,
     Passive,
     Url,
+    Learn,
 }
 
 /// How tokens are written: `signed` (default), `sealed`, or `plain` (HAProxy's values).
@@ -142,6 +146,8 @@ pub(crate) struct Persistence {
     shared_scope: Option<String>,
     /// The scope tokens are bound to, once [`resolve_scope`](Self::resolve_scope) ran.
     session_scope: Option<String>,
+    /// `strategy: learn`: the rule persists on the application's own session instead.
+    learn: Option<Learning>,
 }
 
 impl Persistence {
@@ -157,6 +163,11 @@ impl Persistence {
     /// The scope its tokens are bound to.
     pub(crate) fn session_scope(&self) -> &str {
         self.session_scope.as_deref().unwrap_or_default()
+    }
+
+    /// The learned-session settings, with `strategy: learn`.
+    pub(crate) fn learning(&self) -> Option<&Learning> {
+        self.learn.as_ref()
     }
 
     /// The policy: name, carrier, timeouts, cookie attributes.
@@ -226,6 +237,20 @@ impl Persistence {
     }
 }
 
+/// `x-session-persistence.scope`, checked.
+fn shared_scope(
+    ext: &Extension,
+    field: &dyn Fn(&str) -> String,
+) -> Result<Option<String>, ConfigError> {
+    match &ext.scope {
+        Some(scope) if !valid_scope(scope) => Err(ConfigError::new(
+            field("scope"),
+            "must be 1 to 63 lower-case letters, digits or '-'",
+        )),
+        scope => Ok(scope.clone()),
+    }
+}
+
 fn valid_scope(scope: &str) -> bool {
     !scope.is_empty()
         && scope.len() <= 63
@@ -259,10 +284,46 @@ pub(crate) fn check(
             refresh_interval: None,
             shared_scope: None,
             session_scope: None,
+            learn: None,
         });
     };
     let ext_at = format!("{at}.x-session-persistence");
     let field = |name: &str| format!("{ext_at}.{name}");
+
+    if ext.strategy == Some(StrategyName::Learn) || ext.learn.is_some() {
+        if ext.strategy != Some(StrategyName::Learn) {
+            return Err(ConfigError::new(field("learn"), "applies to strategy learn only"));
+        }
+        let ignored = [
+            ("codec", ext.codec.is_some()),
+            ("url", ext.url.is_some()),
+            ("indirect", ext.indirect.is_some()),
+            ("preserve", ext.preserve.is_some()),
+            ("nocache", ext.nocache.is_some()),
+            ("postonly", ext.postonly.is_some()),
+            ("secure", ext.secure.is_some()),
+            ("httpOnly", ext.http_only.is_some()),
+            ("sameSite", ext.same_site.is_some()),
+            ("domain", ext.domain.is_some()),
+            ("partitioned", ext.partitioned.is_some()),
+            ("attributes", ext.attributes.is_some()),
+            ("maxClockSkew", ext.max_clock_skew.is_some()),
+            ("refreshInterval", ext.refresh_interval.is_some()),
+        ];
+        let ignored = ignored.iter().find(|(_, set)| *set).map(|(name, _)| *name);
+        let learn =
+            crate::store::check_learn(stanza, &standard, ext.learn.as_ref(), ignored, &ext_at)?;
+        return Ok(Persistence {
+            policy: standard,
+            strategy: None,
+            codec: CodecName::Signed,
+            max_clock_skew: None,
+            refresh_interval: None,
+            shared_scope: shared_scope(ext, &field)?,
+            session_scope: None,
+            learn: Some(learn),
+        });
+    }
 
     let cookie_only = [
         ("strategy", ext.strategy.is_some()),
@@ -337,16 +398,9 @@ pub(crate) fn check(
         codec: ext.codec.unwrap_or_default(),
         max_clock_skew: duration(ext.max_clock_skew.as_deref(), &field("maxClockSkew"))?,
         refresh_interval: duration(ext.refresh_interval.as_deref(), &field("refreshInterval"))?,
-        shared_scope: match &ext.scope {
-            Some(scope) if !valid_scope(scope) => {
-                return Err(ConfigError::new(
-                    field("scope"),
-                    "must be 1 to 63 lower-case letters, digits or '-'",
-                ));
-            }
-            scope => scope.clone(),
-        },
+        shared_scope: shared_scope(ext, &field)?,
         session_scope: None,
+        learn: None,
     })
 }
 
@@ -398,6 +452,7 @@ fn strategy(
         }
         StrategyName::Prefix => StrategyPlan::Prefix,
         StrategyName::Passive => StrategyPlan::Passive,
+        StrategyName::Learn => unreachable!("strategy learn is checked by crate::store"),
         StrategyName::Url => {
             let config = ext.url.clone().unwrap_or(UrlConfig {
                 parameter: None,

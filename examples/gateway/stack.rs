@@ -304,6 +304,13 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
 
     let answered = answering(&scope, balancer.clone());
     let service = match &rule.persistence {
+        Some(persistence) if persistence.learning().is_some() => {
+            let learning = persistence.learning().expect("checked by the guard");
+            let (session, store) = (learning.name(), plan.store.kind());
+            tracing::info!(rule = %scope, session, store, endpoints = expected, "rule ready, learning");
+            let layer = learning.layer::<Key>(&plan.store, &plan.keys, persistence.session_scope());
+            RuleService::new(layer.layer(answered))
+        }
         Some(persistence) => {
             let session = persistence.policy().name();
             tracing::info!(rule = %scope, session, endpoints = expected, "rule ready");

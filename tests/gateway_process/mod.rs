@@ -38,6 +38,11 @@ pub fn gateway_bin() -> &'static Path {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "--example", "gateway", "--target-dir"]).arg(target_dir);
+        // The same features as this test binary, so that the example is not rebuilt without
+        // them (a Redis store needs `redis`).
+        if cfg!(feature = "redis") {
+            build.args(["--features", "redis"]);
+        }
         match profile {
             "debug" => {}
             "release" => {

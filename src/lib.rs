@@ -21,21 +21,20 @@
 //! # Quick start
 //!
 //! ```
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_session_persistence::{SessionPersistenceLayer, balance, policy::SessionPolicy};
-//! # #[cfg(feature = "signed")]
-//! use tower_session_persistence::token::SignedCodec;
-//! # use http::{Request, Response};
-//! # #[cfg(feature = "signed")]
+//! # #[cfg(all(feature = "signed", feature = "balance"))]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_session_persistence::{SessionPersistenceLayer, balance, policy::SessionPolicy};
+//! use tower_session_persistence::token::SignedCodec;
+//! # use http::{Request, Response};
 //!
 //! let (endpoints, discover) = balance::discover_channel();
 //! for pod in ["pod-a", "pod-b", "pod-c"] {
 //!     endpoints.insert(pod.to_owned(), service_fn(move |_: Request<()>| async move { Ok::<_, std::convert::Infallible>(Response::new(pod)) }));
 //! }
 //! let app = ServiceBuilder::new()
-//!     .layer(SessionPersistenceLayer::<String>::new(SessionPolicy::cookie("sid").build()?, SignedCodec::new([[7u8; 32]])?))
+//!     .layer(SessionPersistenceLayer::new(SessionPolicy::cookie("sid").build()?, SignedCodec::new([[7u8; 32]])?))
 //!     .service(balance::BalancerBuilder::new().group(1, discover).build());
 //! # tokio::task::yield_now().await;
 //!
@@ -47,7 +46,7 @@
 //! }
 //! # Ok(())
 //! # }
-//! # #[cfg(not(feature = "signed"))] fn main() {}
+//! # #[cfg(not(all(feature = "signed", feature = "balance")))] fn main() {}
 //! ```
 //!
 //! # Where it fits
@@ -89,6 +88,7 @@
 //! | `serde` | deserializing the Gateway API `sessionPersistence` stanza ([`policy::SessionPersistenceConfig`]) | on |
 //! | `signed` | [`token::SignedCodec`]: AES-SIV tokens, tamper-evident, the endpoint encrypted | on |
 //! | `sealed` | [`token::SealedCodec`]: XChaCha20-Poly1305 tokens that hide everything | on |
+//! | `balance` | [`balance::Balancer`], the persistence-aware balancer (pulls in tokio's runtime and timers, tower's p2c, XXH3); leave it out if you bring your own balancer | on |
 //! | `tracing` | `tracing` events for each decision and for the balancer's endpoint changes; without it they compile to nothing | on |
 //!
 //! [`token::PlainCodec`] (HAProxy-compatible, for migration and debugging) is always there.
@@ -107,6 +107,8 @@ pub(crate) use self::no_tracing::{
     no_debug as debug, no_error as error, no_info as info, no_trace as trace, no_warn as warn,
 };
 
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
 mod carrier;
 mod endpoint_key;
@@ -118,12 +120,5 @@ pub mod token;
 
 pub use self::endpoint_key::EndpointKey;
 
-/// Internals exposed for the crate's own benchmarks and fuzz targets; not part of the API.
-#[doc(hidden)]
-pub mod __private {
-    pub use crate::carrier::cookie::{
-        find as find_cookie, strip as strip_cookie, take as take_cookie,
-    };
-}
 pub use self::layer::{Decision, SessionPersistence, SessionPersistenceLayer};
 pub use self::seam::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};

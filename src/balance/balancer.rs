@@ -278,11 +278,6 @@ impl<K, S, B> Balancer<K, S, B>
 where
     S: Service<Request<B>>,
 {
-    /// Starts configuring a balancer; add groups with [`BalancerBuilder::group`].
-    pub fn builder<D>() -> BalancerBuilder<D> {
-        BalancerBuilder::new()
-    }
-
     /// The number of endpoints known now, over all groups, in any state.
     pub fn len(&self) -> usize {
         self.core.len()

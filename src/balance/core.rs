@@ -82,9 +82,20 @@ impl fmt::Display for NoEndpoints {
 
 impl std::error::Error for NoEndpoints {}
 
-/// A group's dispatcher is gone (it panicked): its requests cannot be balanced.
-#[derive(Debug)]
-struct DispatcherGone;
+/// The error for a balanced request whose group's dispatcher task is gone (it panicked, or its
+/// runtime shut down): the request cannot be balanced. A gateway answers it with `503`; the
+/// balancer is broken until it is built again.
+///
+/// ```
+/// use tower::BoxError;
+/// use tower_session_persistence::balance::DispatcherGone;
+///
+/// let error: BoxError = DispatcherGone::default().into();
+/// assert!(error.is::<DispatcherGone>());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DispatcherGone;
 
 impl fmt::Display for DispatcherGone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

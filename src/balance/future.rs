@@ -14,7 +14,7 @@ use tokio::time::Sleep;
 use tower::BoxError;
 use tower_service::Service;
 
-use super::core::{BalancedFuture, Core, Dispatched, Enqueued};
+use super::core::{BalancedFuture, Core, Dispatched, DispatcherGone, Enqueued};
 use super::endpoint::{Endpoint, EndpointFuture, FailedAt, Health, WaitSlot};
 use crate::{EndpointKey, OnUnavailable, PinnedUnavailable};
 
@@ -328,7 +328,7 @@ where
                 StateProj::Queued { answer } => match ready!(Pin::new(answer).poll(cx)) {
                     Ok(Ok(future)) => State::Balanced { future },
                     Ok(Err(error)) => return Poll::Ready(Err(error)),
-                    Err(_) => return Poll::Ready(Err("the balancer's dispatcher stopped".into())),
+                    Err(_) => return Poll::Ready(Err(DispatcherGone.into())),
                 },
                 StateProj::Balanced { future } => match ready!(future.poll(cx)) {
                     Ok(res) => return Poll::Ready(Ok(res)),

@@ -50,14 +50,22 @@ fn name(policy: &SessionPolicy) -> Option<HeaderName> {
 }
 
 impl Strategy for Header {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        let name = name(policy)?;
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        let Some(name) = name(policy) else { return (None, ()) };
         let token = carrier::header::find(&req.headers, &name).map(str::to_owned);
         carrier::header::strip(&mut req.headers, &name);
-        token
+        (token, ())
     }
 
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
         if !reply.is_due() {
             return;
         }

@@ -98,7 +98,43 @@ fn with_target(uri: &Uri, target: &str) -> Option<Uri> {
 }
 
 impl Strategy for Url {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        (self.read(policy, req), ())
+    }
+
+    fn on_valid(&self, _policy: &SessionPolicy, req: &mut request::Parts, token: &str) {
+        if let Some(header) = &self.expose
+            && let Ok(value) = HeaderValue::try_from(token)
+        {
+            req.headers.insert(header.clone(), value);
+        }
+    }
+
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
+        if !reply.is_due() {
+            return;
+        }
+        let Some(location) = res.headers.get(LOCATION).and_then(|l| l.to_str().ok()) else {
+            return;
+        };
+        let Some(token) = reply.token() else { return };
+        let rewritten = urls::with_token(location, self.place, policy.name(), token);
+        if let Ok(value) = HeaderValue::try_from(rewritten) {
+            res.headers.insert(LOCATION, value);
+        }
+    }
+}
+
+impl Url {
+    fn read(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
         if let Some(header) = &self.expose {
             req.headers.remove(header);
         }
@@ -112,27 +148,5 @@ impl Strategy for Url {
             req.uri = uri;
         }
         token
-    }
-
-    fn on_valid(&self, _policy: &SessionPolicy, req: &mut request::Parts, token: &str) {
-        if let Some(header) = &self.expose
-            && let Ok(value) = HeaderValue::try_from(token)
-        {
-            req.headers.insert(header.clone(), value);
-        }
-    }
-
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
-        if !reply.is_due() {
-            return;
-        }
-        let Some(location) = res.headers.get(LOCATION).and_then(|l| l.to_str().ok()) else {
-            return;
-        };
-        let Some(token) = reply.token() else { return };
-        let rewritten = urls::with_token(location, self.place, policy.name(), token);
-        if let Ok(value) = HeaderValue::try_from(rewritten) {
-            res.headers.insert(LOCATION, value);
-        }
     }
 }

@@ -78,7 +78,8 @@
 //!       hostnames: ["shop.example", "*.shop.example"] # optional: absent = any host
 //!       parentRefs: [{name: gw}]                      # accepted and ignored
 //!       rules:
-//!         - matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
+//!         - name: cart                                # optional (GEP-995); names the scope
+//!           matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
 //!                                                     # absent = PathPrefix /
 //!           backendRefs:                              # weight default 1, 0 to 1000000;
 //!             - {name: echo-v1, port: 80, weight: 70} # port ignored; kind Service only
@@ -130,9 +131,11 @@
 //!
 //! Unknown fields are errors, and so are options that do not apply (cookie options on a header
 //! session, `preserve` with `strategy: rewrite`, `x-session-persistence` without
-//! `sessionPersistence`). A cookie or header without a name is named
-//! `sp-<namespace>-<route>-<rule index>`. Each rule is its own persistence scope
-//! (`<namespace>/<route>/<rule index>`): rules never share sessions. A rule without
+//! `sessionPersistence`). Each rule is its own persistence scope, `<namespace>/<route>/<rule
+//! name>` (or `<rule index>` for a rule without a `name`): rules never share sessions. A cookie
+//! or header without a name is named `sp-<namespace>-<route>-<rule name or index>`. Name the
+//! rules that have `sessionPersistence`: an unnamed rule's sessions (and default cookie name)
+//! follow its index, so inserting a rule above it ends them. A rule without
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
 //! without `backendRefs` answers 500.
 //!

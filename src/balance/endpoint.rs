@@ -136,11 +136,60 @@ impl Drop for WaitSlot {
     }
 }
 
-/// An endpoint service tagged with its key.
+/// An endpoint service tagged with its key: the [`ServedBy`] tagger.
 ///
-/// Every clone shares one in-flight counter, so pinned requests (sent to a clone directly) and
-/// balanced ones (sent through p2c) feed the same [`Load`] measure. Each response carries
-/// [`ServedBy`] with the key.
+/// The [`Balancer`](super::Balancer) wraps every endpoint in one; you need it only for a
+/// balancer of your own. Each response carries [`ServedBy`] with the key, which is all the
+/// layer needs to know who served a request; [`key`](Self::key) lets a picker find the pinned
+/// endpoint; and every clone shares one in-flight counter, exposed as tower's [`Load`] (so
+/// tower's p2c can balance over endpoints).
+///
+/// Under axum, a balancer of your own such as `tower::steer::Steer` needs two more things:
+/// axum's services must be `Sync`, and `Steer` is not (it names the request type, and axum's
+/// request body is not `Sync`), so put it behind a `Buffer` (which is `Clone + Sync`); and a
+/// `Buffer` fails with a `BoxError`, so turn errors into responses with `HandleErrorLayer`
+/// beneath the persistence layer.
+///
+/// ```
+/// use axum::Router;
+/// use axum::body::Body;
+/// use axum::error_handling::HandleErrorLayer;
+/// use axum::http::{Request, StatusCode};
+/// use tower::steer::Steer;
+/// use tower::{BoxError, ServiceBuilder, ServiceExt};
+/// use tower_session_persistence::balance::Endpoint;
+/// use tower_session_persistence::policy::SessionPolicy;
+/// use tower_session_persistence::token::PlainCodec;
+/// use tower_session_persistence::{PinnedEndpoint, SessionPersistenceLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let pods = ["pod-a", "pod-b"].map(|name| {
+///     Endpoint::new(name.to_owned(), Router::new().fallback(move || async move { name }))
+/// });
+/// // The pinned pod if there is one, else the first.
+/// let steer = Steer::new(pods, |req: &Request<Body>, pods: &[Endpoint<String, Router>]| {
+///     let pin = req.extensions().get::<PinnedEndpoint<String>>();
+///     pin.and_then(|PinnedEndpoint(key)| pods.iter().position(|pod| pod.key() == key))
+///         .unwrap_or(0)
+/// });
+/// let policy = SessionPolicy::cookie("sid").path("/shop").build()?;
+/// let sticky = ServiceBuilder::new()
+///     .layer(SessionPersistenceLayer::new(policy, PlainCodec::default()))
+///     .layer(HandleErrorLayer::new(|error: BoxError| async move {
+///         (StatusCode::BAD_GATEWAY, error.to_string())
+///     }))
+///     .buffer(1024)
+///     .service(steer);
+/// let app = Router::new().nest_service("/shop", sticky);
+///
+/// let req = Request::get("/shop/cart").header("cookie", "sid=pod-b").body(Body::empty())?;
+/// let res = app.oneshot(req).await?;
+/// let body = axum::body::to_bytes(res.into_body(), 1024).await?;
+/// assert_eq!(body, "pod-b");
+/// # Ok(())
+/// # }
+/// ```
 pub struct Endpoint<K, S> {
     key: K,
     inner: S,

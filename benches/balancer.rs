@@ -9,10 +9,10 @@ use std::convert::Infallible;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::HeaderName;
 use http::{Request, Response};
 use tower::{Service, ServiceExt, service_fn};
 use tower_session_persistence::PinnedEndpoint;
-use http::HeaderName;
 use tower_session_persistence::balance::affinity::header;
 use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
 
@@ -21,12 +21,8 @@ fn build<A>(
     rt: &tokio::runtime::Runtime,
     n: usize,
     affinity: A,
-) -> impl Service<
-    Request<()>,
-    Response = Response<()>,
-    Error = tower::BoxError,
-    Future = impl Send,
-> + Clone
+) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future = impl Send>
++ Clone
 where
     A: tower_session_persistence::balance::affinity::AffinityKey<()>,
 {

@@ -19,9 +19,10 @@ pub async fn run() -> Result<(), BoxError> {
     // them at any time; they reach the balancer through a channel.
     let (endpoints, discover) = discover_channel();
     for pod in ["pod-a", "pod-b", "pod-c"] {
-        let service = service_fn(move |_: Request<String>| async move {
-            Ok::<_, Infallible>(Response::new(pod))
-        });
+        let service =
+            service_fn(
+                move |_: Request<String>| async move { Ok::<_, Infallible>(Response::new(pod)) },
+            );
         endpoints.insert(pod.to_owned(), service);
     }
     let balancer = BalancerBuilder::new().group(1, discover).build();

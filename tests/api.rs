@@ -60,7 +60,11 @@ struct SameHeader;
 impl Strategy for SameHeader {
     type State = &'static str;
 
-    fn on_request(&self, _: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, Self::State) {
+    fn on_request(
+        &self,
+        _: &SessionPolicy,
+        req: &mut request::Parts,
+    ) -> (Option<String>, Self::State) {
         for name in ["x-a", "x-b"] {
             if let Some(value) = req.headers.remove(name) {
                 return (value.to_str().ok().map(str::to_owned), name);
@@ -160,7 +164,8 @@ async fn rotation<C: Codec>(codec: impl Fn(&[[u8; 32]]) -> C) {
 
 #[tokio::test]
 async fn an_absolute_timeout_near_duration_max_is_the_longest_max_age_never_a_deletion() {
-    for timeout in [Duration::MAX, Duration::from_secs(u64::MAX), Duration::from_secs(i64::MAX as u64)]
+    for timeout in
+        [Duration::MAX, Duration::from_secs(u64::MAX), Duration::from_secs(i64::MAX as u64)]
     {
         for dates in [Dates::None, Dates::LastAndFirst] {
             let policy = SessionPolicy::cookie("sid")
@@ -169,8 +174,8 @@ async fn an_absolute_timeout_near_duration_max_is_the_longest_max_age_never_a_de
                 .idle_timeout(timeout)
                 .build()
                 .unwrap();
-            let svc = SessionPersistenceLayer::new(policy, PlainCodec::new(dates))
-                .layer(balancer());
+            let svc =
+                SessionPersistenceLayer::new(policy, PlainCodec::new(dates)).layer(balancer());
             let res = svc.clone().oneshot(Request::new(())).await.unwrap();
             let cookie = set_cookie(&res).unwrap().to_owned();
             let max_age = cookie.split("; ").find_map(|a| a.strip_prefix("Max-Age=")).unwrap();

@@ -76,7 +76,8 @@ fn the_readme_shows_the_readme_examples_verbatim() {
         .skip(1)
         .map(|rest| &rest[..rest.find("```\n").expect("a closed block")])
         .collect();
-    for file in [include_str!("../examples/readme_axum.rs"), include_str!("../examples/readme_tower.rs")]
+    for file in
+        [include_str!("../examples/readme_axum.rs"), include_str!("../examples/readme_tower.rs")]
     {
         assert!(blocks.contains(&file), "README.md must show this file verbatim:\n{file}");
     }

@@ -149,8 +149,10 @@ async fn a_bare_address_key_lets_a_new_pod_inherit_sessions() {
         move || balancer.len()
     };
     settle(&len, 1).await;
-    let layer =
-        SessionPersistenceLayer::<SocketAddr>::keyed(policy(), SealedCodec::new([[1; 32]]).unwrap());
+    let layer = SessionPersistenceLayer::<SocketAddr>::keyed(
+        policy(),
+        SealedCodec::new([[1; 32]]).unwrap(),
+    );
     let app = ServiceBuilder::new().layer(layer).service(balancer);
 
     let first = get(&app, None).await;

@@ -12,9 +12,7 @@ use tower_session_persistence::balance::{Balancer, BalancerBuilder, discover_cha
 use tower_session_persistence::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};
 
 type Limited = tower::limit::ConcurrencyLimit<
-    tower::util::ServiceFn<
-        fn(Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>>,
-    >,
+    tower::util::ServiceFn<fn(Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>>>,
 >;
 
 fn ok(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
@@ -25,9 +23,7 @@ fn ok(_: Request<()>) -> std::future::Ready<Result<Response<()>, Infallible>> {
 /// taken by `poll_ready` and given back when the response is done (as with `Buffer`, rate
 /// limits and connection pools that reserve).
 fn limited(limit: usize) -> Limited {
-    ServiceBuilder::new()
-        .concurrency_limit(limit)
-        .service(service_fn(ok as fn(_) -> _))
+    ServiceBuilder::new().concurrency_limit(limit).service(service_fn(ok as fn(_) -> _))
 }
 
 async fn balancer(limit: usize) -> Balancer<String, Limited, ()> {

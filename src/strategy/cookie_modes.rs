@@ -47,18 +47,12 @@ use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use]
 pub struct Insert {
     preserve: bool,
     nocache: bool,
     postonly: bool,
-}
-
-impl Default for Insert {
-    fn default() -> Self {
-        Self { preserve: false, nocache: false, postonly: false }
-    }
 }
 
 impl Insert {

@@ -178,8 +178,11 @@ pub(crate) type AnyState = Box<dyn Any + Send + Sync>;
 
 /// [`Strategy`] with its state type erased, so that the layer holds any strategy in one type.
 pub(crate) trait DynStrategy: fmt::Debug + Send + Sync + 'static {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts)
-    -> (Option<String>, AnyState);
+    fn on_request(
+        &self,
+        policy: &SessionPolicy,
+        req: &mut request::Parts,
+    ) -> (Option<String>, AnyState);
 
     fn on_valid(&self, policy: &SessionPolicy, req: &mut request::Parts, token: &str);
 

@@ -60,8 +60,15 @@
 //!   late for: wrap the whole router instead. Example: `cargo run --example axum_layer`.
 //! * **hyper** alone: build the stack with `ServiceBuilder` and serve it with hyper-util's
 //!   `TowerToHyperService`. Example: `cargo run --example hyper_service`.
-//! * **Your own balancer**: honour the [seam]. Example: `cargo run --example
-//!   custom_balancer` (a `tower::steer::Steer`).
+//! * **Your own balancer**: honour the [seam]; wrap each endpoint in `balance::Endpoint`,
+//!   the ready-made [`ServedBy`] tagger. Example: `cargo run --example custom_balancer` (a
+//!   `tower::steer::Steer`). Under axum, `Steer` is not `Sync` (axum's request body is not):
+//!   put it behind a `tower::buffer::Buffer`, and its `BoxError`s through `HandleErrorLayer`
+//!   beneath the layer; `balance::Endpoint`'s docs have the whole program.
+//! * **The key type** `K` of [`SessionPersistenceLayer<K>`] must be the balancer's:
+//!   [`SessionPersistenceLayer::new`] is for `String` keys, [`keyed`](SessionPersistenceLayer::keyed)
+//!   for others, and `Balancer::session_layer` takes its balancer's. A layer that never sees
+//!   its `ServedBy<K>` writes no session and warns once (with `tracing`).
 //! * **API clients** without cookies: [`SessionPolicy::header`](policy::SessionPolicy::header);
 //!   the client sends back the header it was given. Example: `cargo run --example header_api`.
 //! * **HTTP/2 and gRPC**: every `Cookie` field of a request is read, so HTTP/2 clients that

@@ -39,7 +39,7 @@ use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
 /// });
 /// // The plain codec writes the endpoint's key as it is, as HAProxy does.
 /// let policy = SessionPolicy::cookie("SRV").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default())
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default())
 ///     .strategy(Insert::new().nocache(true));
 /// let res = layer.layer(backend).oneshot(Request::new(())).await?;
 /// assert_eq!(res.headers()["set-cookie"], "SRV=s1; HttpOnly; SameSite=Strict; Secure; Path=/");
@@ -164,7 +164,7 @@ impl Strategy for Insert {
 ///     Ok::<_, http::Error>(res)
 /// });
 /// let policy = SessionPolicy::cookie("JSESSIONID").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let layer = layer.strategy(Rewrite::new());
 /// let res = layer.layer(backend).oneshot(Request::new(())).await?;
 /// // The value is the token now; every attribute is the application's.
@@ -234,7 +234,7 @@ impl Strategy for Rewrite {
 ///     Ok::<_, http::Error>(res)
 /// });
 /// let policy = SessionPolicy::cookie("JSESSIONID").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let layer = layer.strategy(Prefix);
 /// let app = layer.layer(backend);
 ///
@@ -307,7 +307,7 @@ impl Strategy for Prefix {
 ///     Ok::<_, std::convert::Infallible>(res)
 /// });
 /// let policy = SessionPolicy::cookie("SRV").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let layer = layer.strategy(Passive);
 /// let app = layer.layer(balancer);
 ///

@@ -28,7 +28,7 @@ use crate::policy::{Carrier, SessionPolicy};
 /// });
 /// // `Header` is the default strategy of a header policy.
 /// let policy = SessionPolicy::header("x-session").build()?;
-/// let app = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default()).layer(balancer);
+/// let app = SessionPersistenceLayer::new(policy, PlainCodec::default()).layer(balancer);
 ///
 /// let res = app.clone().oneshot(Request::new(())).await?;
 /// assert_eq!(res.headers()["x-session"], "s1");

@@ -45,7 +45,7 @@ use crate::policy::SessionPolicy;
 ///     Ok::<_, http::Error>(res)
 /// });
 /// let policy = SessionPolicy::cookie("session").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let app = layer.strategy(Url::query()).layer(balancer);
 ///
 /// // A new session rides on the redirect.

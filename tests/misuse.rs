@@ -2,7 +2,6 @@
 //! balancer's, and a layer over a service that tags nothing, each warn once. Alone in its
 //! binary with a global subscriber: a scoped subscriber does not see call sites that other
 //! tests' threads reached first with no subscriber (tracing caches "never").
-#![cfg(feature = "tracing")]
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

@@ -46,7 +46,7 @@ pub(crate) async fn run() -> Result<Report, BoxError> {
     let codec = SignedCodec::new([[7u8; 32]])?;
     let sticky = |name: &str, path: &str| -> Result<_, BoxError> {
         let policy = SessionPolicy::cookie(name).path(path).build()?;
-        Ok(SessionPersistenceLayer::<String>::new(policy, codec.clone()))
+        Ok(SessionPersistenceLayer::new(policy, codec.clone()))
     };
     // `Router::layer` wraps every route above it (and the fallback): one session for /shop.
     let shop = Router::new()

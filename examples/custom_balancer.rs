@@ -59,7 +59,7 @@ pub(crate) async fn run() -> Result<Report, BoxError> {
     let balancer = Steer::new(PODS.map(pod), picker);
     let policy = SessionPolicy::cookie("sid").build()?;
     let app = ServiceBuilder::new()
-        .layer(SessionPersistenceLayer::<String>::new(policy, SignedCodec::new([[7u8; 32]])?))
+        .layer(SessionPersistenceLayer::new(policy, SignedCodec::new([[7u8; 32]])?))
         .service(balancer);
 
     let mut report = Report::new();

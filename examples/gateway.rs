@@ -117,7 +117,8 @@
 //!       hostnames: ["shop.example", "*.shop.example"] # optional: absent = any host
 //!       parentRefs: [{name: gw}]                      # accepted and ignored
 //!       rules:
-//!         - matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
+//!         - name: cart                                # optional (GEP-995); names the scope
+//!           matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
 //!                                                     # absent = PathPrefix /
 //!           backendRefs:                              # weight default 1, 0 to 1000000;
 //!             - {name: echo-v1, port: 80, weight: 70} # port ignored; kind Service only
@@ -180,10 +181,12 @@
 //! `Path`, `Secure`, `HttpOnly`, `SameSite`, `Partitioned`), session headers HTTP itself uses
 //! (`cookie`, `host`, `content-length`, `transfer-encoding`, …), and two rules whose cookies
 //! share a name, path and domain for the same hosts (a browser would keep one for both)
-//! unless they share a `scope`. A cookie or header without a name is named
-//! `sp-<namespace>-<route>-<rule index>`. Each rule is its own persistence scope
-//! (`<namespace>/<route>/<rule index>`, or `<namespace>/x-scope/<scope>`): rules never share
-//! sessions unless they name the same `scope`. A rule without
+//! unless they share a `scope`. Each rule is its own persistence scope, `<namespace>/<route>/<rule
+//! name>` (or `<rule index>` for a rule without a `name`), or `<namespace>/x-scope/<scope>`
+//! with `x-session-persistence.scope`: rules never share sessions unless they name the same
+//! `scope`. A cookie or header without a name is named `sp-<namespace>-<route>-<rule name or
+//! index>`. Name the rules that have `sessionPersistence`: an unnamed rule's sessions (and
+//! default cookie name) follow its index, so inserting a rule above it ends them. A rule without
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
 //! without `backendRefs` answers 500.
 //!
@@ -194,7 +197,7 @@
 //! ```yaml
 //! store: {memory: {maxEntries: 1000000}}  # top level, optional: the default; or
 //!                                         # {redis: {url: "redis://HOST:PORT/DB", timeout: 50ms,
-//!                                         # prefix: "tsp:learn:"}} (built with --features redis;
+//!                                         # prefix: "tsp:learn:"}} (the `redis` feature, on by default;
 //!                                         # needs `keys`, the same on every replica)
 //! # in a rule, next to sessionPersistence (its idleTimeout/absoluteTimeout bound the mapping):
 //!           x-session-persistence:

@@ -70,7 +70,7 @@ fn region(
     }
     let balancer: Balancer<String, Svc, Body> =
         BalancerBuilder::new().group(1, discover).replay_empty_bodies().build();
-    let layer = SessionPersistenceLayer::<String>::new(
+    let layer = SessionPersistenceLayer::new(
         SessionPolicy::cookie("backend").build().expect("a valid policy"),
         SignedCodec::new([[2u8; 32]]).expect("a valid key"),
     )
@@ -92,7 +92,7 @@ pub(crate) async fn build(layout: &[(&str, &[&str])]) -> World {
     }
     let global: Balancer<String, Svc, Body> =
         BalancerBuilder::new().group(1, discover).replay_empty_bodies().build();
-    let layer = SessionPersistenceLayer::<String>::new(
+    let layer = SessionPersistenceLayer::new(
         SessionPolicy::cookie("region").build().expect("a valid policy"),
         SignedCodec::new([[1u8; 32]]).expect("a valid key"),
     )

@@ -36,7 +36,7 @@ pub(crate) async fn run() -> Result<Report, BoxError> {
     }
     let policy = SessionPolicy::header("x-session").build()?;
     let api = ServiceBuilder::new()
-        .layer(SessionPersistenceLayer::<String>::new(policy, SignedCodec::new([[7u8; 32]])?))
+        .layer(SessionPersistenceLayer::new(policy, SignedCodec::new([[7u8; 32]])?))
         .layer(HandleErrorLayer::new(|_: BoxError| async { StatusCode::BAD_GATEWAY }))
         .service(BalancerBuilder::new().group(1, discover).build());
     let app = Router::new().fallback_service(api);

@@ -78,7 +78,7 @@ pub(crate) async fn run() -> Result<Report, BoxError> {
     }
     let policy = SessionPolicy::cookie("sid").build()?;
     let stack = ServiceBuilder::new()
-        .layer(SessionPersistenceLayer::<String>::new(policy, SignedCodec::new([[7u8; 32]])?))
+        .layer(SessionPersistenceLayer::new(policy, SignedCodec::new([[7u8; 32]])?))
         .map_result(answer)
         .service(BalancerBuilder::new().group(1, discover).build());
 

@@ -21,21 +21,20 @@
 //! # Quick start
 //!
 //! ```
-//! use tower::{ServiceBuilder, ServiceExt, service_fn};
-//! use tower_session_persistence::{SessionPersistenceLayer, balance, policy::SessionPolicy};
-//! # #[cfg(feature = "signed")]
-//! use tower_session_persistence::token::SignedCodec;
-//! # use http::{Request, Response};
-//! # #[cfg(feature = "signed")]
+//! # #[cfg(all(feature = "signed", feature = "balance"))]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tower::BoxError> {
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_session_persistence::{SessionPersistenceLayer, balance, policy::SessionPolicy};
+//! use tower_session_persistence::token::SignedCodec;
+//! # use http::{Request, Response};
 //!
 //! let (endpoints, discover) = balance::discover_channel();
 //! for pod in ["pod-a", "pod-b", "pod-c"] {
 //!     endpoints.insert(pod.to_owned(), service_fn(move |_: Request<()>| async move { Ok::<_, std::convert::Infallible>(Response::new(pod)) }));
 //! }
 //! let app = ServiceBuilder::new()
-//!     .layer(SessionPersistenceLayer::<String>::new(SessionPolicy::cookie("sid").build()?, SignedCodec::new([[7u8; 32]])?))
+//!     .layer(SessionPersistenceLayer::new(SessionPolicy::cookie("sid").build()?, SignedCodec::new([[7u8; 32]])?))
 //!     .service(balance::BalancerBuilder::new().group(1, discover).build());
 //! # tokio::task::yield_now().await;
 //!
@@ -47,7 +46,7 @@
 //! }
 //! # Ok(())
 //! # }
-//! # #[cfg(not(feature = "signed"))] fn main() {}
+//! # #[cfg(not(all(feature = "signed", feature = "balance")))] fn main() {}
 //! ```
 //!
 //! # Where it fits
@@ -61,8 +60,15 @@
 //!   late for: wrap the whole router instead. Example: `cargo run --example axum_layer`.
 //! * **hyper** alone: build the stack with `ServiceBuilder` and serve it with hyper-util's
 //!   `TowerToHyperService`. Example: `cargo run --example hyper_service`.
-//! * **Your own balancer**: honour the [seam]. Example: `cargo run --example
-//!   custom_balancer` (a `tower::steer::Steer`).
+//! * **Your own balancer**: honour the [seam]; wrap each endpoint in `balance::Endpoint`,
+//!   the ready-made [`ServedBy`] tagger. Example: `cargo run --example custom_balancer` (a
+//!   `tower::steer::Steer`). Under axum, `Steer` is not `Sync` (axum's request body is not):
+//!   put it behind a `tower::buffer::Buffer`, and its `BoxError`s through `HandleErrorLayer`
+//!   beneath the layer; `balance::Endpoint`'s docs have the whole program.
+//! * **The key type** `K` of [`SessionPersistenceLayer<K>`] must be the balancer's:
+//!   [`SessionPersistenceLayer::new`] is for `String` keys, [`keyed`](SessionPersistenceLayer::keyed)
+//!   for others, and `Balancer::session_layer` takes its balancer's. A layer that never sees
+//!   its `ServedBy<K>` writes no session and warns once (with `tracing`).
 //! * **API clients** without cookies: [`SessionPolicy::header`](policy::SessionPolicy::header);
 //!   the client sends back the header it was given. Example: `cargo run --example header_api`.
 //! * **HTTP/2 and gRPC**: every `Cookie` field of a request is read, so HTTP/2 clients that
@@ -92,6 +98,7 @@
 //! | `serde` | deserializing the Gateway API `sessionPersistence` stanza ([`policy::SessionPersistenceConfig`]) | on |
 //! | `signed` | [`token::SignedCodec`]: AES-SIV tokens, tamper-evident, the endpoint encrypted | on |
 //! | `sealed` | [`token::SealedCodec`]: XChaCha20-Poly1305 tokens that hide everything | on |
+//! | `balance` | [`balance::Balancer`], the persistence-aware balancer (pulls in tokio's runtime and timers, tower's p2c, XXH3); leave it out if you bring your own balancer | on |
 //! | `edge` | [`edge`]: forwarded headers with a trust list, strict host checks, body idle timeouts | on |
 //! | `health` | [`health`]: active health checks with HAProxy's rise/fall | on |
 //! | `tracing` | `tracing` events for each decision and for the balancer's endpoint changes; without it they compile to nothing | on |
@@ -114,6 +121,8 @@ pub(crate) use self::no_tracing::{
     no_debug as debug, no_error as error, no_info as info, no_trace as trace, no_warn as warn,
 };
 
+#[cfg(feature = "balance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "balance")))]
 pub mod balance;
 mod carrier;
 #[cfg(feature = "edge")]
@@ -137,12 +146,5 @@ pub mod token;
 
 pub use self::endpoint_key::EndpointKey;
 
-/// Internals exposed for the crate's own benchmarks and fuzz targets; not part of the API.
-#[doc(hidden)]
-pub mod __private {
-    pub use crate::carrier::cookie::{
-        find as find_cookie, strip as strip_cookie, take as take_cookie,
-    };
-}
 pub use self::layer::{Decision, SessionPersistence, SessionPersistenceLayer};
 pub use self::seam::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};

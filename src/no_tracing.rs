@@ -60,6 +60,7 @@ macro_rules! no_trace {
 macro_rules! no_debug {
     ($($event:tt)*) => { $crate::no_tracing::event!($($event)*) };
 }
+#[allow(unused_macros)]
 macro_rules! no_info {
     ($($event:tt)*) => { $crate::no_tracing::event!($($event)*) };
 }

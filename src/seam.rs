@@ -91,13 +91,31 @@ pub struct ServedBy<K>(pub K);
 impl<K: Clone + Send + Sync + 'static> ServedBy<K> {
     /// Removes and returns the tag from `extensions`, so that outer layers never see it.
     pub fn take(extensions: &mut Extensions) -> Option<Self> {
-        extensions.remove::<Self>()
+        let tag = extensions.remove::<Self>()?;
+        if extensions.get::<ServedByType>().is_some_and(|t| t.0 == std::any::type_name::<K>()) {
+            extensions.remove::<ServedByType>();
+        }
+        Some(tag)
     }
 
     /// Puts the tag into `extensions`, replacing any earlier one of the same key type.
+    ///
+    /// Prefer this to `extensions.insert(ServedBy(key))`: it also notes the key's type, so
+    /// that a layer expecting another key type can say which one it found.
     pub fn insert(self, extensions: &mut Extensions) {
+        extensions.insert(ServedByType(std::any::type_name::<K>()));
         extensions.insert(self);
     }
+}
+
+/// The key type of the last [`ServedBy`] put in with [`ServedBy::insert`], for the layer's
+/// warning about a key type mismatch.
+#[derive(Clone, Copy, Debug)]
+struct ServedByType(&'static str);
+
+/// The key type of a [`ServedBy`] in `extensions`, if one was put in with [`ServedBy::insert`].
+pub(crate) fn served_by_type(extensions: &Extensions) -> Option<&'static str> {
+    extensions.get::<ServedByType>().map(|t| t.0)
 }
 
 /// What a balancer does when a request's pinned endpoint is not available.
@@ -106,14 +124,15 @@ impl<K: Clone + Send + Sync + 'static> ServedBy<K> {
 /// Envoy's `strict` mode rejects.
 ///
 /// ```
+/// # #[cfg(feature = "balance")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// use std::convert::Infallible;
 /// use http::{Request, Response};
 /// use tower::{ServiceExt, service_fn};
 /// use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
 /// use tower_session_persistence::{OnUnavailable, PinnedEndpoint, PinnedUnavailable};
 ///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
 /// let (endpoints, discover) = discover_channel();
 /// let pod = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
 /// endpoints.insert("pod-a".to_owned(), pod);
@@ -126,6 +145,7 @@ impl<K: Clone + Send + Sync + 'static> ServedBy<K> {
 /// let error = balancer.oneshot(req).await.unwrap_err();
 /// assert!(error.is::<PinnedUnavailable>());
 /// # }
+/// # #[cfg(not(feature = "balance"))] fn main() {}
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -20,6 +20,12 @@ mod header_api;
 #[allow(dead_code)]
 #[path = "../examples/hyper_service.rs"]
 mod hyper_service;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/readme_axum.rs"]
+mod readme_axum;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../examples/readme_tower.rs"]
+mod readme_tower;
 
 fn distinct(pods: &[String]) -> usize {
     pods.iter().collect::<HashSet<_>>().len()
@@ -68,4 +74,58 @@ async fn header_api_client_echoing_its_header_stays_and_a_tampered_one_is_reissu
     let seen = report.echoed.iter().chain([&report.tampered]);
     assert!(seen.clone().all(|pod| pod.ends_with("(saw x-session: false)")), "{report:?}");
     assert!(report.reissued, "a tampered session gets a new one");
+}
+
+/// The README's Rust programs are the example files, byte for byte, so that what a reader
+/// copies is what `cargo test` compiles and runs.
+#[test]
+fn the_readme_shows_the_readme_examples_verbatim() {
+    let readme = include_str!("../README.md");
+    let blocks: Vec<&str> = readme
+        .split("```rust\n")
+        .skip(1)
+        .map(|rest| &rest[..rest.find("```\n").expect("a closed block")])
+        .collect();
+    for file in
+        [include_str!("../examples/readme_axum.rs"), include_str!("../examples/readme_tower.rs")]
+    {
+        assert!(blocks.contains(&file), "README.md must show this file verbatim:\n{file}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_tower_runs() {
+    readme_tower::run().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_axum_is_sticky_under_shop_and_leaves_other_routes_alone() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = readme_axum::app().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let get = async |path: &str| client.get(format!("{url}{path}")).send().await.unwrap();
+
+    // The endpoints reach the balancer through a channel: the first answer may be a 503.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let first = loop {
+        let res = get("/shop/cart").await;
+        if res.status() == 200 || tokio::time::Instant::now() > deadline {
+            break res;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(first.status(), 200);
+    let set_cookie = first.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set_cookie.starts_with("shop=") && set_cookie.contains("Path=/shop"), "{set_cookie}");
+    let pod = first.text().await.unwrap();
+    for path in ["/shop/cart", "/shop/checkout", "/shop/"] {
+        let res = get(path).await;
+        assert!(res.headers().get("set-cookie").is_none(), "{path}: nothing new to say");
+        assert_eq!(res.text().await.unwrap(), pod, "{path}: the same pod");
+    }
+    let res = get("/healthz").await;
+    assert!(res.headers().get("set-cookie").is_none());
+    assert_eq!(res.text().await.unwrap(), "ok");
 }

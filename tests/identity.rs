@@ -117,7 +117,7 @@ async fn a_key_with_the_pod_uid_keeps_a_new_pod_from_inheriting_sessions() {
     };
     settle(&len, 1).await;
     let layer =
-        SessionPersistenceLayer::<PodKey>::new(policy(), SealedCodec::new([[1; 32]]).unwrap());
+        SessionPersistenceLayer::<PodKey>::keyed(policy(), SealedCodec::new([[1; 32]]).unwrap());
     let app = ServiceBuilder::new().layer(layer).service(balancer);
 
     let first = get(&app, None).await;
@@ -153,8 +153,10 @@ async fn a_bare_address_key_lets_a_new_pod_inherit_sessions() {
         move || balancer.len()
     };
     settle(&len, 1).await;
-    let layer =
-        SessionPersistenceLayer::<SocketAddr>::new(policy(), SealedCodec::new([[1; 32]]).unwrap());
+    let layer = SessionPersistenceLayer::<SocketAddr>::keyed(
+        policy(),
+        SealedCodec::new([[1; 32]]).unwrap(),
+    );
     let app = ServiceBuilder::new().layer(layer).service(balancer);
 
     let first = get(&app, None).await;
@@ -196,7 +198,7 @@ async fn sessions_hold_on_every_replica_that_shares_the_keys() {
             move || balancer.len()
         };
         settle(&len, 2).await;
-        let layer = SessionPersistenceLayer::<PodKey>::new(
+        let layer = SessionPersistenceLayer::<PodKey>::keyed(
             policy(),
             SignedCodec::new([[9; 32], [8; 32]]).unwrap(),
         )

@@ -290,7 +290,9 @@ async fn other_cookies_reach_the_backend_byte_exact() {
 
 #[tokio::test]
 async fn without_indirect_the_backend_sees_the_cookie() {
-    let layer = layer(sid()).strategy(Insert::new().indirect(false));
+    // The policy holds `indirect`: an explicit `Insert` strategy does not turn it back on.
+    let policy = SessionPolicy::cookie("sid").indirect(false).build().unwrap();
+    let layer = layer(policy).strategy(Insert::new());
     let svc = ServiceBuilder::new().layer(layer).service(balancer("pod-a"));
     let cookie = format!("a=1; sid={}", valid_token("pod-b"));
     let res = send(svc, &[&cookie]).await;

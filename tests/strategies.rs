@@ -184,12 +184,12 @@ async fn rewrite_replaces_the_applications_value_and_keeps_its_attributes() {
     .await;
     assert_eq!(res.headers()["x-backend"], "s9");
     assert_eq!(res.headers()["x-seen-cookie"], format!("a=1; SRV={}", token("SRV", "s9")).as_str());
-    // With indirect it is removed.
-    let layer = SessionPersistenceLayer::<String>::new(
-        SessionPolicy::cookie("SRV").build().unwrap(),
+    // With the policy's indirect it is removed.
+    let layer = SessionPersistenceLayer::new(
+        SessionPolicy::cookie("SRV").indirect(true).build().unwrap(),
         signed(),
     )
-    .strategy(Rewrite::new().indirect(true));
+    .strategy(Rewrite::new());
     let svc = ServiceBuilder::new().layer(layer).service(backend("s2"));
     let res = call(&svc, get().header("cookie", format!("a=1; SRV={}", token("SRV", "s9")))).await;
     assert_eq!(res.headers()["x-seen-cookie"], "a=1");

@@ -141,6 +141,8 @@ struct RouteSpec {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RuleConfig {
+    /// Gateway API's optional rule name (GEP-995): the rule's persistence scope when set.
+    name: Option<String>,
     matches: Option<Vec<MatchConfig>>,
     #[serde(default)]
     backend_refs: Vec<BackendRef>,
@@ -209,7 +211,8 @@ pub(crate) struct ServicePlan {
 /// One `HTTPRoute` rule.
 #[derive(Debug)]
 pub(crate) struct RulePlan {
-    /// `<namespace>/<route>/<rule index>`: the rule's persistence scope and its name in logs.
+    /// `<namespace>/<route>/<rule name>`, or `<namespace>/<route>/<rule index>` for a rule
+    /// without a `name`: the rule's persistence scope and its name in logs.
     pub(crate) scope: String,
     /// The route's hostnames; empty for any host.
     pub(crate) hostnames: Vec<Hostname>,
@@ -544,10 +547,27 @@ fn check_route(
     if route.spec.rules.is_empty() {
         return Err(ConfigError::new(format!("{at}.spec.rules"), "must list at least one rule"));
     }
+    let mut rule_ids = HashSet::new();
     for (i, rule) in route.spec.rules.iter().enumerate() {
         let rule_at = format!("{at}.spec.rules[{i}]");
-        let scope = format!("{namespace}/{name}/{i}");
-        let default_name = format!("sp-{namespace}-{name}-{i}");
+        // A rule's sessions are scoped by its name when it has one, so that inserting or
+        // reordering rules keeps them; by its index otherwise.
+        let id = match &rule.name {
+            Some(rule_name) => {
+                check_object_name(rule_name, 253, '.')
+                    .map_err(|m| ConfigError::new(format!("{rule_at}.name"), m))?;
+                rule_name.clone()
+            }
+            None => i.to_string(),
+        };
+        if !rule_ids.insert(id.clone()) {
+            return Err(ConfigError::new(
+                format!("{rule_at}.name"),
+                format!("{id:?} names another rule of this route (or is an unnamed rule's index)"),
+            ));
+        }
+        let scope = format!("{namespace}/{name}/{id}");
+        let default_name = format!("sp-{namespace}-{name}-{id}");
         let mut plan =
             check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services)?;
         if let Some(persistence) = &mut plan.persistence {
@@ -755,5 +775,27 @@ mod tests {
         assert_eq!(rule.scope, "default/shop/0");
         let e = error(&route("{backendRefs: [{name: a}], x-session-persistence: {}}"));
         assert!(e.starts_with("routes[0].spec.rules[0].x-session-persistence: "), "{e}");
+    }
+
+    #[test]
+    fn a_named_rule_keeps_its_scope_when_rules_are_inserted_above_it() {
+        let cart = "{name: cart, backendRefs: [{name: a}], sessionPersistence: {cookie: {}}}";
+        let other = "{backendRefs: [{name: a}]}";
+        let before = parse(&route(cart)).unwrap();
+        let after = parse(&route(&format!("{other}\n    - {cart}"))).unwrap();
+        assert_eq!(before.rules[0].scope, "default/shop/cart");
+        assert_eq!(after.rules[1].scope, "default/shop/cart", "same scope at another index");
+        let name = |plan: &Plan, i: usize| {
+            plan.rules[i].persistence.as_ref().unwrap().policy().name().to_owned()
+        };
+        assert_eq!(name(&before, 0), name(&after, 1), "and the same default cookie name");
+        assert_eq!(after.rules[0].scope, "default/shop/0", "unnamed rules keep their index");
+        // Names are Kubernetes names, unique within the route, never an unnamed rule's index.
+        let e = error(&route("{name: Cart, backendRefs: [{name: a}]}"));
+        assert!(e.starts_with("routes[0].spec.rules[0].name: "), "{e}");
+        let e = error(&route(&format!("{cart}\n    - {cart}")));
+        assert!(e.starts_with("routes[0].spec.rules[1].name: "), "{e}");
+        let e = error(&route(&format!("{other}\n    - {{name: '0', backendRefs: [{{name: a}}]}}")));
+        assert!(e.starts_with("routes[0].spec.rules[1].name: "), "{e}");
     }
 }

@@ -189,16 +189,16 @@ impl Persistence {
         // The keys passed `SignedCodec::new` when the file was read; the sealed codec takes the
         // same keys.
         let mut layer = match self.codec {
-            CodecName::Signed => SessionPersistenceLayer::new(
+            CodecName::Signed => SessionPersistenceLayer::keyed(
                 self.policy.clone(),
                 SignedCodec::new(&keys.0).expect("keys checked when the file was read"),
             ),
-            CodecName::Sealed => SessionPersistenceLayer::new(
+            CodecName::Sealed => SessionPersistenceLayer::keyed(
                 self.policy.clone(),
                 SealedCodec::new(&keys.0).expect("keys checked when the file was read"),
             ),
             CodecName::Plain => {
-                SessionPersistenceLayer::new(self.policy.clone(), PlainCodec::new(self.dates()))
+                SessionPersistenceLayer::keyed(self.policy.clone(), PlainCodec::new(self.dates()))
             }
         }
         .scope(scope);
@@ -349,9 +349,8 @@ pub(crate) fn check(
 
     let strategy = strategy(ext, &field)?;
     let mut builder = standard.to_builder();
-    if let Some(StrategyPlan::Insert(_)) | None = strategy
-        && let Some(on) = ext.indirect
-    {
+    // The policy holds `indirect` for insert and rewrite alike (the others refuse it above).
+    if let Some(on) = ext.indirect {
         builder = builder.indirect(on);
     }
     if let Some(on) = ext.secure {
@@ -442,14 +441,11 @@ fn strategy(
     Ok(Some(match name {
         StrategyName::Insert => StrategyPlan::Insert(
             Insert::new()
-                .indirect(ext.indirect.unwrap_or(true))
                 .preserve(ext.preserve.unwrap_or(false))
                 .nocache(ext.nocache.unwrap_or(false))
                 .postonly(ext.postonly.unwrap_or(false)),
         ),
-        StrategyName::Rewrite => {
-            StrategyPlan::Rewrite(Rewrite::new().indirect(ext.indirect.unwrap_or(false)))
-        }
+        StrategyName::Rewrite => StrategyPlan::Rewrite(Rewrite::new()),
         StrategyName::Prefix => StrategyPlan::Prefix,
         StrategyName::Passive => StrategyPlan::Passive,
         StrategyName::Learn => unreachable!("strategy learn is checked by crate::store"),
@@ -497,7 +493,7 @@ mod tests {
         );
         let p = check(&stanza(r#"{"cookie": {"path": "/app"}}"#), Some(&ext), "gen", "r").unwrap();
         assert_eq!(p.policy.name(), "gen");
-        assert!(!p.policy.indirect());
+        assert_eq!(p.policy.indirect(), Some(false));
         let Carrier::Cookie(c) = p.policy.carrier() else { panic!("cookie expected") };
         assert!(!c.secure && c.http_only && c.partitioned);
         assert_eq!(c.same_site, Some(SameSite::Lax));

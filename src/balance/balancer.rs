@@ -18,7 +18,11 @@ use super::core::{Classifier, Core, Settings, dispatch};
 use super::failure::{NoReplay, Replay, ReplayEmptyBodies, is_connect_failure};
 use super::future::{Mode, ResponseFuture};
 use super::state::EndpointState;
-use crate::{EndpointKey, OnUnavailable, PinnedEndpoint, PinnedUnavailable};
+use crate::policy::SessionPolicy;
+use crate::token::Codec;
+use crate::{
+    EndpointKey, OnUnavailable, PinnedEndpoint, PinnedUnavailable, SessionPersistenceLayer,
+};
 
 /// A load balancer that honours [`PinnedEndpoint`]; see the [module docs](super).
 ///
@@ -278,9 +282,37 @@ impl<K, S, B> Balancer<K, S, B>
 where
     S: Service<Request<B>>,
 {
-    /// Starts configuring a balancer; add groups with [`BalancerBuilder::group`].
-    pub fn builder<D>() -> BalancerBuilder<D> {
-        BalancerBuilder::new()
+    /// A [`SessionPersistenceLayer`] for this balancer: its key type is the balancer's by
+    /// construction, so a layer keyed otherwise cannot be built this way. The same as
+    /// [`SessionPersistenceLayer::keyed`].
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    /// use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
+    /// use tower_session_persistence::policy::SessionPolicy;
+    /// use tower_session_persistence::token::PlainCodec;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower::BoxError> {
+    /// let (endpoints, discover) = discover_channel();
+    /// let pod = service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    /// endpoints.insert("pod-a".to_owned(), pod);
+    /// let balancer = BalancerBuilder::new().group(1, discover).build();
+    /// # tokio::task::yield_now().await;
+    /// let layer = balancer.session_layer(SessionPolicy::cookie("sid").build()?, PlainCodec::default());
+    /// let res = layer.layer(balancer).oneshot(Request::new(())).await?;
+    /// assert_eq!(res.headers()["set-cookie"].to_str()?.split(';').next(), Some("sid=pod-a"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn session_layer(
+        &self,
+        policy: SessionPolicy,
+        codec: impl Codec,
+    ) -> SessionPersistenceLayer<K> {
+        SessionPersistenceLayer::keyed(policy, codec)
     }
 
     /// The number of endpoints known now, over all groups, in any state.

@@ -32,7 +32,7 @@ use crate::{EndpointKey, OnUnavailable};
 
 /// The future of one group's p2c `Balance`.
 pub(crate) type BalancedFuture<K, S, B> =
-    MapErr<GatedFuture<<S as Service<Request<B>>>::Future, K>, fn(BoxError) -> BoxError>;
+    MapErr<GatedFuture<K, S, <S as Service<Request<B>>>::Future, B>, fn(BoxError) -> BoxError>;
 
 /// What a group's dispatcher answers: the dispatched request's future, or why it was not.
 pub(crate) type Dispatched<K, S, B> = Result<BalancedFuture<K, S, B>, BoxError>;
@@ -82,9 +82,20 @@ impl fmt::Display for NoEndpoints {
 
 impl std::error::Error for NoEndpoints {}
 
-/// A group's dispatcher is gone (it panicked): its requests cannot be balanced.
-#[derive(Debug)]
-struct DispatcherGone;
+/// The error for a balanced request whose group's dispatcher task is gone (it panicked, or its
+/// runtime shut down): the request cannot be balanced. A gateway answers it with `503`; the
+/// balancer is broken until it is built again.
+///
+/// ```
+/// use tower::BoxError;
+/// use tower_session_persistence::balance::DispatcherGone;
+///
+/// let error: BoxError = DispatcherGone::default().into();
+/// assert!(error.is::<DispatcherGone>());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DispatcherGone;
 
 impl fmt::Display for DispatcherGone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -247,7 +258,7 @@ where
         {
             let endpoint = slot.endpoint.clone();
             table.members[group].push((slot.hash, endpoint.clone()));
-            g.p2c.insert(key.clone(), Gated(endpoint));
+            g.p2c.insert(key.clone(), Gated::new(endpoint, self.settings.failfast));
         }
         g.eligible.store(table.members[group].len(), Ordering::Release);
     }
@@ -478,7 +489,19 @@ pub(crate) async fn dispatch<K, S, B, RB>(
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
 {
-    while let Some(Msg { req, mut reply, deadline }) = queue.recv().await {
+    loop {
+        // While idle, keep p2c's endpoints moving: an endpoint that becomes ready gets its
+        // probe, which gives back what its readiness reserved (see `Gated`), instead of holding
+        // it in p2c's copy until the next balanced request.
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(next) = queue.poll_recv(cx) {
+                return Poll::Ready(next);
+            }
+            let _ = balance.poll_ready(cx);
+            Poll::Pending
+        })
+        .await;
+        let Some(Msg { req, mut reply, deadline }) = next else { break };
         if reply.is_closed() {
             continue;
         }

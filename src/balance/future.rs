@@ -14,7 +14,7 @@ use tokio::time::Sleep;
 use tower::BoxError;
 use tower_service::Service;
 
-use super::core::{BalancedFuture, Core, Dispatched, Enqueued};
+use super::core::{BalancedFuture, Core, Dispatched, DispatcherGone, Enqueued};
 use super::endpoint::{Endpoint, EndpointFuture, FailedAt, Health, WaitSlot};
 use crate::{EndpointKey, OnUnavailable, PinnedUnavailable};
 
@@ -173,7 +173,7 @@ where
     B: Send + 'static,
 {
     let Some(req) = req else {
-        return State::Failed { error: Some("balancer future polled after completion".into()) };
+        return State::Failed { error: Some(PolledAfterCompletion.into()) };
     };
     if mode == Mode::Pinned && core.settings.on_unavailable == OnUnavailable::Reject {
         tracing::debug!(endpoint = ?key, why, "pinned endpoint unavailable; rejecting");
@@ -246,11 +246,9 @@ where
                                         key: endpoint.key().clone(),
                                         health,
                                     },
-                                    None => State::Failed {
-                                        error: Some(
-                                            "balancer future polled after completion".into(),
-                                        ),
-                                    },
+                                    None => {
+                                        State::Failed { error: Some(PolledAfterCompletion.into()) }
+                                    }
                                 }
                             }
                             Poll::Ready(Err(error)) => {
@@ -328,7 +326,7 @@ where
                 StateProj::Queued { answer } => match ready!(Pin::new(answer).poll(cx)) {
                     Ok(Ok(future)) => State::Balanced { future },
                     Ok(Err(error)) => return Poll::Ready(Err(error)),
-                    Err(_) => return Poll::Ready(Err("the balancer's dispatcher stopped".into())),
+                    Err(_) => return Poll::Ready(Err(DispatcherGone.into())),
                 },
                 StateProj::Balanced { future } => match ready!(future.poll(cx)) {
                     Ok(res) => return Poll::Ready(Ok(res)),
@@ -345,9 +343,7 @@ where
                     },
                 },
                 StateProj::Failed { error } => {
-                    let error = error
-                        .take()
-                        .unwrap_or_else(|| "balancer future polled after completion".into());
+                    let error = error.take().unwrap_or_else(|| PolledAfterCompletion.into());
                     return Poll::Ready(Err(error));
                 }
             };
@@ -355,3 +351,16 @@ where
         }
     }
 }
+
+/// A balancer future polled again after it completed: a bug in the caller, answered with an
+/// error rather than a panic.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PolledAfterCompletion;
+
+impl std::fmt::Display for PolledAfterCompletion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("balancer future polled after completion")
+    }
+}
+
+impl std::error::Error for PolledAfterCompletion {}

@@ -63,7 +63,7 @@ mod state;
 mod weights;
 
 pub use self::balancer::{Balancer, BalancerBuilder};
-pub use self::core::NoEndpoints;
+pub use self::core::{DispatcherGone, NoEndpoints};
 pub use self::discover::{DiscoverReceiver, DiscoverSender, discover_channel};
 pub use self::endpoint::{Endpoint, EndpointFuture};
 pub use self::failure::{NoReplay, NotSent, Replay, ReplayEmptyBodies, is_connect_failure};

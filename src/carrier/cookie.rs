@@ -61,7 +61,7 @@ fn mentions(field: &HeaderValue, name: &str) -> bool {
 
 /// The value of the first cookie named `name` in any `Cookie` field, without surrounding
 /// double quotes.
-pub fn find<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+pub(crate) fn find<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -81,7 +81,7 @@ pub(crate) fn unquote(value: &str) -> &str {
 
 /// Finds the first cookie named `name` (as [`find`]) and removes every cookie of that name
 /// (as [`strip`]), in one pass over the header.
-pub fn take(headers: &mut HeaderMap, name: &str) -> Option<String> {
+pub(crate) fn take(headers: &mut HeaderMap, name: &str) -> Option<String> {
     let mut first = None;
     edit(headers, name, |value| {
         if first.is_none() {
@@ -195,7 +195,8 @@ fn edit_field(
 }
 
 /// Removes every cookie named `name` from every `Cookie` field; see `edit`.
-pub fn strip(headers: &mut HeaderMap, name: &str) -> bool {
+#[cfg(test)]
+pub(crate) fn strip(headers: &mut HeaderMap, name: &str) -> bool {
     edit(headers, name, |_| Edit::Remove)
 }
 

@@ -10,12 +10,13 @@ use pin_project_lite::pin_project;
 
 use super::Decision;
 use super::settings::Settings;
-use crate::strategy::Reply;
+use crate::seam::served_by_type;
+use crate::strategy::{AnyState, Reply};
 use crate::{EndpointKey, PinnedUnavailable, ServedBy};
 
 /// What the request brought, kept until the response comes.
 pub(super) enum Pending<K> {
-    Pinned { key: K, issued: Option<u64>, refreshed: Option<u64> },
+    Pinned { key: K, issued: Option<u64>, refreshed: Option<u64>, stale: bool },
     Unpinned(Decision),
 }
 
@@ -26,6 +27,7 @@ pin_project! {
         inner: F,
         settings: Arc<Settings>,
         pending: Option<Pending<K>>,
+        state: Option<AnyState>,
         method: Method,
         now: u64,
         _key: PhantomData<fn() -> K>,
@@ -37,10 +39,19 @@ impl<F, K> ResponseFuture<F, K> {
         inner: F,
         settings: Arc<Settings>,
         pending: Pending<K>,
+        state: AnyState,
         method: Method,
         now: u64,
     ) -> Self {
-        Self { inner, settings, pending: Some(pending), method, now, _key: PhantomData }
+        Self {
+            inner,
+            settings,
+            pending: Some(pending),
+            state: Some(state),
+            method,
+            now,
+            _key: PhantomData,
+        }
     }
 }
 
@@ -60,7 +71,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = ready!(this.inner.poll(cx))?;
-        let Some(pending) = this.pending.take() else { return Poll::Ready(Ok(res)) };
+        let (Some(pending), Some(state)) = (this.pending.take(), this.state.take()) else {
+            return Poll::Ready(Ok(res));
+        };
         let (mut parts, body) = res.into_parts();
         let settings = &**this.settings;
         // A response without a tag was not balanced (an error page, a route without
@@ -74,13 +87,17 @@ where
                 let decision = Decision::Rejected;
                 tracing::debug!(decision = %decision, endpoint = ?key, scope = %settings.scope, "session");
                 parts.extensions.insert(decision);
+            } else if settings.watch.should_warn() {
+                warn_untagged::<K>(served_by_type(&parts.extensions), &settings.scope);
             }
             return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
         };
+        settings.watch.tagged();
         let now = *this.now;
         let (decision, issued, due, previous) = match pending {
-            Pending::Pinned { key, issued, refreshed } if key == served => {
-                let due = settings.refresh_due(issued, refreshed, now);
+            Pending::Pinned { key, issued, refreshed, stale } if key == served => {
+                // A token under an older key is written again under the primary one.
+                let due = stale || settings.refresh_due(issued, refreshed, now);
                 (Decision::Pinned, issued.unwrap_or(now), due, None)
             }
             Pending::Pinned { key, .. } => (Decision::Repinned, now, true, Some(key)),
@@ -89,7 +106,7 @@ where
         let make_token = || settings.token(&served, issued, now);
         let reply =
             Reply::new(decision, due, this.method, settings.max_age(issued, now), &make_token);
-        settings.strategy.on_response(&settings.policy, &mut parts, &reply);
+        settings.strategy.on_response(&settings.policy, &mut parts, &reply, state);
         match previous {
             // Where the session was pinned before it moved.
             Some(previous) => {
@@ -101,5 +118,29 @@ where
         }
         parts.extensions.insert(decision);
         Poll::Ready(Ok(http::Response::from_parts(parts, body)))
+    }
+}
+
+/// The one warning of a layer whose balancer never tagged a response for it: without
+/// `ServedBy<K>` the layer cannot write a session, and nothing else would tell.
+#[cold]
+fn warn_untagged<K>(found: Option<&'static str>, scope: &str) {
+    let expected = std::any::type_name::<K>();
+    match found {
+        Some(found) => tracing::warn!(
+            scope,
+            "SessionPersistenceLayer<{expected}> got a response tagged ServedBy<{found}>, not \
+             ServedBy<{expected}>: no session is written. The layer's key type must be the \
+             balancer's (SessionPersistenceLayer::keyed or .key::<{found}>()). Warned once."
+        ),
+        None => tracing::warn!(
+            scope,
+            "SessionPersistenceLayer<{expected}> got a response without ServedBy<{expected}>: no \
+             session is written. Likely causes: the service beneath is not a balancer that tags \
+             its responses (wrap its endpoints in balance::Endpoint, or insert ServedBy), its \
+             key type is not {expected}, or the layer wraps routes that are not balanced (use \
+             route_layer on the balanced routes). Warned once; ignore it if this service also \
+             answers some requests itself."
+        ),
     }
 }

@@ -21,7 +21,7 @@
 //! # #[cfg(feature = "signed")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let layer = SessionPersistenceLayer::<String>::new(
+//! let layer = SessionPersistenceLayer::new(
 //!     SessionPolicy::cookie("shop").build()?,
 //!     SignedCodec::new([[42u8; 32]])?,
 //! );
@@ -62,7 +62,7 @@ pub use self::future::ResponseFuture;
 pub use self::service::SessionPersistence;
 use self::settings::Settings;
 use crate::policy::{Carrier, SessionPolicy};
-use crate::strategy::{Header, Insert, Strategy};
+use crate::strategy::{DynStrategy, Header, Insert, Strategy};
 use crate::token::Codec;
 #[cfg(doc)]
 use crate::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};
@@ -90,7 +90,7 @@ use crate::{OnUnavailable, PinnedEndpoint, PinnedUnavailable, ServedBy};
 ///     Ok::<_, std::convert::Infallible>(res)
 /// });
 /// let policy = SessionPolicy::cookie("sid").build()?;
-/// let app = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default()).layer(balancer);
+/// let app = SessionPersistenceLayer::new(policy, PlainCodec::default()).layer(balancer);
 ///
 /// let res = app.clone().oneshot(Request::new(())).await?;
 /// assert_eq!(res.extensions().get::<Decision>(), Some(&Decision::New));
@@ -158,8 +158,9 @@ impl fmt::Display for Decision {
 
 /// Applies session persistence to a service; see the [module docs](self).
 ///
-/// `K` is the endpoint key type the balancer uses. Cheap to clone: the
-/// configuration sits behind an `Arc`.
+/// `K` is the endpoint key type of the balancer beneath, `String` unless you say otherwise
+/// ([`keyed`](Self::keyed)). Cheap to clone (the configuration sits behind an `Arc`); the
+/// setters never panic, and a setter on a clone changes only that clone (copy on write).
 ///
 /// ```
 /// use std::time::Duration;
@@ -171,17 +172,22 @@ impl fmt::Display for Decision {
 /// let policy = SessionPolicy::cookie("shop").idle_timeout(Duration::from_secs(1800)).build()?;
 /// // The plain codec shows the endpoint in clear: use `SignedCodec` or `SealedCodec` in
 /// // production.
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default())
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default())
 ///     // One scope per route rule: a session never crosses rules.
-///     .scope("default/shop/0")
+///     .scope("default/shop/cart")
 ///     .strategy(Insert::new().nocache(true))
 ///     .max_clock_skew(Duration::from_secs(5))
 ///     .refresh_interval(Duration::from_secs(60));
 /// assert_eq!(layer.policy().name(), "shop");
+///
+/// // Configuring a clone leaves the original as it was.
+/// let other = layer.clone().scope("default/shop/checkout");
+/// assert_eq!(other.get_scope(), "default/shop/checkout");
+/// assert_eq!(layer.get_scope(), "default/shop/cart");
 /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
 /// ```
 #[must_use]
-pub struct SessionPersistenceLayer<K> {
+pub struct SessionPersistenceLayer<K = String> {
     settings: Arc<Settings>,
     _key: PhantomData<fn() -> K>,
 }
@@ -194,45 +200,89 @@ impl<K> Clone for SessionPersistenceLayer<K> {
 
 impl<K> fmt::Debug for SessionPersistenceLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionPersistenceLayer").field("settings", &self.settings).finish()
+        f.debug_struct("SessionPersistenceLayer")
+            .field("key", &std::any::type_name::<K>())
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
-impl<K> SessionPersistenceLayer<K> {
-    /// A layer enforcing `policy`, with tokens written and read by `codec`.
+impl SessionPersistenceLayer {
+    /// A layer enforcing `policy`, with tokens written and read by `codec`, for a balancer
+    /// whose endpoint keys are `String`s (pod names, `host:port`), as
+    /// [`discover_channel`](crate::balance::discover_channel)'s usually are. For another key
+    /// type use [`keyed`](Self::keyed).
     ///
     /// The scope defaults to the session's name; give each route rule its own with
     /// [`scope`](Self::scope).
     pub fn new(policy: SessionPolicy, codec: impl Codec) -> Self {
+        Self::keyed(policy, codec)
+    }
+}
+
+impl<K> SessionPersistenceLayer<K> {
+    /// A layer like [`new`](SessionPersistenceLayer::new) for a balancer whose endpoint keys
+    /// are `K`. The key type must be the one the balancer tags responses with
+    /// ([`ServedBy<K>`]): a layer that never sees its `ServedBy<K>` writes no session and
+    /// warns once (with the `tracing` feature).
+    ///
+    /// ```
+    /// use tower_session_persistence::SessionPersistenceLayer;
+    /// use tower_session_persistence::policy::SessionPolicy;
+    /// use tower_session_persistence::token::PlainCodec;
+    ///
+    /// let policy = SessionPolicy::cookie("sid").build()?;
+    /// let layer: SessionPersistenceLayer<u64> = SessionPersistenceLayer::keyed(policy, PlainCodec::default());
+    /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+    /// ```
+    pub fn keyed(policy: SessionPolicy, codec: impl Codec) -> Self {
         let scope = policy.name().to_owned();
         let refresh = policy.idle_timeout().map(|idle| idle / 4);
-        let strategy: Box<dyn Strategy> = match policy.carrier() {
-            Carrier::Cookie(_) => Box::new(Insert::new().indirect(policy.indirect())),
-            Carrier::Header(_) => Box::new(Header),
+        let strategy: Arc<dyn DynStrategy> = match policy.carrier() {
+            Carrier::Cookie(_) => Arc::new(Insert::new()),
+            Carrier::Header(_) => Arc::new(Header),
         };
         Self {
             settings: Arc::new(Settings {
                 policy,
-                codec: Box::new(codec),
+                codec: Arc::new(codec),
                 strategy,
                 scope,
                 max_skew: Duration::from_secs(60),
                 refresh,
+                watch: Arc::default(),
             }),
             _key: PhantomData,
         }
     }
 
-    fn settings_mut(&mut self) -> &mut Settings {
-        Arc::get_mut(&mut self.settings).expect("a layer is configured before it is cloned")
+    /// The same configuration for a balancer whose endpoint keys are `K2`.
+    ///
+    /// ```
+    /// use tower_session_persistence::SessionPersistenceLayer;
+    /// use tower_session_persistence::policy::SessionPolicy;
+    /// use tower_session_persistence::token::PlainCodec;
+    ///
+    /// let policy = SessionPolicy::cookie("sid").build()?;
+    /// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default()).key::<u64>();
+    /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+    /// ```
+    pub fn key<K2>(self) -> SessionPersistenceLayer<K2> {
+        SessionPersistenceLayer { settings: self.settings, _key: PhantomData }
     }
 
-    /// Binds tokens to `scope`, typically one route rule (`namespace/route/index`): a token
+    /// Copy on write: a layer shared with clones gets its own settings first.
+    fn settings_mut(&mut self) -> &mut Settings {
+        let settings = Arc::make_mut(&mut self.settings);
+        // A configured copy is a new layer: its warnings are its own.
+        if Arc::strong_count(&settings.watch) > 1 {
+            settings.watch = Arc::default();
+        }
+        settings
+    }
+
+    /// Binds tokens to `scope`, typically one route rule (`namespace/route/rule-name`): a token
     /// issued under one scope is never honoured under another.
-    ///
-    /// # Panics
-    ///
-    /// If the layer has been cloned already: configure it first.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.settings_mut().scope = scope.into();
         self
@@ -240,21 +290,13 @@ impl<K> SessionPersistenceLayer<K> {
 
     /// How the session travels (default: [`Insert`] for cookies, [`Header`] for headers); see
     /// the [`strategy`](crate::strategy) module.
-    ///
-    /// # Panics
-    ///
-    /// If the layer has been cloned already: configure it first.
     pub fn strategy(mut self, strategy: impl Strategy) -> Self {
-        self.settings_mut().strategy = Box::new(strategy);
+        self.settings_mut().strategy = Arc::new(strategy);
         self
     }
 
     /// How far in the future a token's times may lie before it is refused (default 60 s), to
     /// allow for clock differences between replicas.
-    ///
-    /// # Panics
-    ///
-    /// If the layer has been cloned already: configure it first.
     pub fn max_clock_skew(mut self, skew: Duration) -> Self {
         self.settings_mut().max_skew = skew;
         self
@@ -265,9 +307,8 @@ impl<K> SessionPersistenceLayer<K> {
     /// requests shorter than the idle timeout minus this interval. Zero re-issues whenever the
     /// refresh time has passed, as HAProxy does with `maxidle`.
     ///
-    /// # Panics
-    ///
-    /// If the layer has been cloned already: configure it first.
+    /// Whatever the interval, a token that the codec verified with an older key (after a key
+    /// rotation) is re-issued under the primary key on its next response.
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.settings_mut().refresh = Some(interval);
         self
@@ -276,6 +317,11 @@ impl<K> SessionPersistenceLayer<K> {
     /// The policy this layer enforces.
     pub fn policy(&self) -> &SessionPolicy {
         &self.settings.policy
+    }
+
+    /// The scope tokens are bound to ([`scope`](Self::scope)).
+    pub fn get_scope(&self) -> &str {
+        &self.settings.scope
     }
 }
 

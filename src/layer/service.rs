@@ -28,12 +28,12 @@ use crate::{EndpointKey, PinnedEndpoint};
 /// let backend =
 ///     service_fn(|_: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
 /// let policy = SessionPolicy::cookie("sid").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
-/// let svc: SessionPersistence<_, String> = layer.layer(backend);
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
+/// let svc: SessionPersistence<_> = layer.layer(backend);
 /// let _backend = svc.into_inner();
 /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
 /// ```
-pub struct SessionPersistence<S, K> {
+pub struct SessionPersistence<S, K = String> {
     inner: S,
     settings: Arc<Settings>,
     _key: PhantomData<fn() -> K>,
@@ -60,9 +60,9 @@ impl<S, K> SessionPersistence<S, K> {
     }
 
     /// A layer that wraps services in `SessionPersistence`; the same as
-    /// [`SessionPersistenceLayer::new`].
+    /// [`SessionPersistenceLayer::keyed`].
     pub fn layer(policy: SessionPolicy, codec: impl Codec) -> SessionPersistenceLayer<K> {
-        SessionPersistenceLayer::new(policy, codec)
+        SessionPersistenceLayer::keyed(policy, codec)
     }
 
     /// The inner service.
@@ -98,10 +98,11 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let now = now();
         let (mut parts, body) = req.into_parts();
-        let pending = match self.settings.read::<K>(&mut parts, now) {
-            Incoming::Valid { key, issued, refreshed } => {
+        let (incoming, state) = self.settings.read::<K>(&mut parts, now);
+        let pending = match incoming {
+            Incoming::Valid { key, issued, refreshed, stale } => {
                 PinnedEndpoint(key.clone()).insert(&mut parts.extensions);
-                Pending::Pinned { key, issued, refreshed }
+                Pending::Pinned { key, issued, refreshed, stale }
             }
             Incoming::Unusable(decision) => {
                 // A pin left by someone else must not be honoured under our session.
@@ -114,6 +115,6 @@ where
         };
         let method = parts.method.clone();
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResponseFuture::new(future, self.settings.clone(), pending, method, now)
+        ResponseFuture::new(future, self.settings.clone(), pending, state, method, now)
     }
 }

@@ -1,6 +1,8 @@
 //! The layer's configuration and what it does with a session: read it, judge it, write it.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::request;
@@ -8,16 +10,44 @@ use http::request;
 use super::Decision;
 use crate::EndpointKey;
 use crate::policy::{Carrier, Lifetime, SessionPolicy};
-use crate::strategy::Strategy;
-use crate::token::{Binding, Claims, Codec};
+use crate::strategy::{AnyState, DynStrategy};
+use crate::token::{Binding, Claims, Codec, Decoded};
 
+#[derive(Clone)]
 pub(crate) struct Settings {
     pub(crate) policy: SessionPolicy,
-    pub(crate) codec: Box<dyn Codec>,
-    pub(crate) strategy: Box<dyn Strategy>,
+    pub(crate) codec: Arc<dyn Codec>,
+    pub(crate) strategy: Arc<dyn DynStrategy>,
     pub(crate) scope: String,
     pub(crate) max_skew: Duration,
     pub(crate) refresh: Option<Duration>,
+    /// What this layer has seen of its balancer, for the one warning about a missing tag.
+    pub(crate) watch: Arc<Watch>,
+}
+
+/// Whether the layer has seen a response tagged for it, and whether it has warned yet.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    tagged: AtomicBool,
+    warned: AtomicBool,
+}
+
+impl Watch {
+    /// Notes a response tagged with our `ServedBy`.
+    pub(crate) fn tagged(&self) {
+        // Read first: the common case (already set) costs no cache-line write.
+        if !self.tagged.load(Ordering::Relaxed) {
+            self.tagged.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an untagged response should be warned about: never once a tagged one came, and
+    /// only the first time.
+    pub(crate) fn should_warn(&self) -> bool {
+        !self.tagged.load(Ordering::Relaxed)
+            && !self.warned.load(Ordering::Relaxed)
+            && !self.warned.swap(true, Ordering::Relaxed)
+    }
 }
 
 impl fmt::Debug for Settings {
@@ -36,8 +66,8 @@ impl fmt::Debug for Settings {
 /// A session read from a request.
 #[derive(Debug)]
 pub(crate) enum Incoming<K> {
-    /// A valid session for endpoint `K`.
-    Valid { key: K, issued: Option<u64>, refreshed: Option<u64> },
+    /// A valid session for endpoint `K`; `stale` when an older key verified it.
+    Valid { key: K, issued: Option<u64>, refreshed: Option<u64>, stale: bool },
     /// No usable session, and why: [`Decision::New`], [`Decision::Expired`] or
     /// [`Decision::Invalid`].
     Unusable(Decision),
@@ -54,23 +84,29 @@ impl Settings {
     }
 
     /// Lets the strategy find the token (and prepare the request for the backend), then
-    /// verifies it and checks its age.
-    pub(crate) fn read<K: EndpointKey>(&self, req: &mut request::Parts, now: u64) -> Incoming<K> {
-        let Some(token) = self.strategy.on_request(&self.policy, req) else {
-            return Incoming::Unusable(Decision::New);
+    /// verifies it and checks its age. Also returns the strategy's state for the response.
+    pub(crate) fn read<K: EndpointKey>(
+        &self,
+        req: &mut request::Parts,
+        now: u64,
+    ) -> (Incoming<K>, AnyState) {
+        let (token, state) = self.strategy.on_request(&self.policy, req);
+        let Some(token) = token else {
+            return (Incoming::Unusable(Decision::New), state);
         };
         let incoming = self.judge(&token, now);
         if matches!(incoming, Incoming::Valid { .. }) {
             self.strategy.on_valid(&self.policy, req, &token);
         }
-        incoming
+        (incoming, state)
     }
 
     fn judge<K: EndpointKey>(&self, token: &str, now: u64) -> Incoming<K> {
-        let Some(Claims { endpoint, issued, refreshed }) = self.codec.decode(token, self.binding())
-        else {
+        let Some(decoded) = self.codec.decode_with_key(token, self.binding()) else {
             return Incoming::Unusable(Decision::Invalid);
         };
+        let stale = decoded.is_stale();
+        let Decoded { claims: Claims { endpoint, issued, refreshed }, .. } = decoded;
         let latest = now.saturating_add(self.max_skew.as_secs());
         let future = |t: Option<u64>| t.is_some_and(|t| t > latest);
         if future(issued)
@@ -92,7 +128,7 @@ impl Settings {
             return Incoming::Unusable(Decision::Expired);
         }
         match K::from_bytes(&endpoint) {
-            Some(key) => Incoming::Valid { key, issued, refreshed },
+            Some(key) => Incoming::Valid { key, issued, refreshed, stale },
             None => Incoming::Unusable(Decision::Invalid),
         }
     }
@@ -133,8 +169,9 @@ impl Settings {
             return None;
         }
         let absolute = self.policy.absolute_timeout()?;
-        // Rounded up: a sub-second lifetime must not become `Max-Age=0`, a deletion.
-        let absolute = absolute.as_secs() + u64::from(absolute.subsec_nanos() > 0);
+        // Rounded up: a sub-second lifetime must not become `Max-Age=0`, a deletion. Saturating:
+        // a timeout near `Duration::MAX` is the longest lifetime, not an overflow.
+        let absolute = absolute.as_secs().saturating_add(u64::from(absolute.subsec_nanos() > 0));
         Some(Duration::from_secs(issued.saturating_add(absolute).saturating_sub(now)))
     }
 }

@@ -100,12 +100,12 @@ impl SessionPersistenceConfig {
         match kind {
             PersistenceType::Cookie => {
                 if self.header.is_some() {
-                    return Err(PolicyError::new("header", "must be nil if type is not Header"));
+                    return Err(PolicyError::new("header", "must be absent unless type is Header"));
                 }
             }
             PersistenceType::Header => {
                 if self.cookie.is_some() {
-                    return Err(PolicyError::new("cookie", "must be nil if type is not Cookie"));
+                    return Err(PolicyError::new("cookie", "must be absent unless type is Cookie"));
                 }
                 if self.cookie_config.is_some() {
                     return Err(PolicyError::new(

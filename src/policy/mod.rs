@@ -29,7 +29,7 @@ mod error;
 use std::time::Duration;
 
 pub use cookie::SameSite;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
@@ -87,6 +87,93 @@ pub struct CookieAttributes {
     pub lifetime: Lifetime,
 }
 
+impl CookieAttributes {
+    /// This cookie as a `Set-Cookie` value: `name=value` and every attribute, exactly as
+    /// [`Insert`](crate::strategy::Insert) writes it. `max_age` is written as whole seconds
+    /// (saturating: a lifetime too long to write is written as the longest one, never as a
+    /// deletion). `None` when the result is not a valid header value (a `name` or `value` with
+    /// characters a header cannot carry).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_session_persistence::policy::{Carrier, SessionPolicy};
+    ///
+    /// let policy = SessionPolicy::cookie("sid").path("/shop").build()?;
+    /// let Carrier::Cookie(cookie) = policy.carrier() else { unreachable!() };
+    /// let value = cookie.set_cookie(policy.name(), "token", Some(Duration::from_secs(60))).unwrap();
+    /// assert_eq!(value, "sid=token; HttpOnly; SameSite=Strict; Secure; Path=/shop; Max-Age=60");
+    /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
+    /// ```
+    pub fn set_cookie(
+        &self,
+        name: &str,
+        value: &str,
+        max_age: Option<Duration>,
+    ) -> Option<HeaderValue> {
+        set_cookie_value(name, self, Some(value), max_age)
+    }
+
+    /// A `Set-Cookie` value that deletes this cookie from the client (empty value,
+    /// `Max-Age=0` and an expiry in the past), with the same `Path` and `Domain` so that it
+    /// names the same cookie.
+    ///
+    /// ```
+    /// use tower_session_persistence::policy::CookieAttributes;
+    ///
+    /// let value = CookieAttributes::default().removal("sid").unwrap();
+    /// assert!(value.to_str()?.starts_with("sid=; "));
+    /// assert!(value.to_str()?.contains("Max-Age=0"));
+    /// # Ok::<(), http::header::ToStrError>(())
+    /// ```
+    pub fn removal(&self, name: &str) -> Option<HeaderValue> {
+        set_cookie_value(name, self, None, None)
+    }
+}
+
+/// The `Set-Cookie` value for `token`, or a deletion when there is none.
+fn set_cookie_value(
+    name: &str,
+    attributes: &CookieAttributes,
+    token: Option<&str>,
+    max_age: Option<Duration>,
+) -> Option<HeaderValue> {
+    let mut cookie = cookie::Cookie::build((name, token.unwrap_or_default()))
+        .path(attributes.path.as_str())
+        .http_only(attributes.http_only)
+        .secure(attributes.secure)
+        .partitioned(attributes.partitioned);
+    if let Some(same_site) = attributes.same_site {
+        cookie = cookie.same_site(same_site);
+    }
+    if let Some(domain) = attributes.domains.first() {
+        cookie = cookie.domain(domain.as_str());
+    }
+    let mut cookie = cookie.build();
+    match (token, max_age) {
+        (None, _) => cookie.make_removal(),
+        (Some(_), Some(age)) => {
+            // Saturating: the cookie crate's duration holds `i64` seconds.
+            cookie.set_max_age(cookie::time::Duration::seconds(
+                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
+            ));
+        }
+        (Some(_), None) => {}
+    }
+    let mut text = cookie.to_string();
+    // The cookie crate knows one Domain and no free-form attributes; both were validated when
+    // the policy was built, so appending them keeps the header well-formed.
+    for domain in attributes.domains.iter().skip(1) {
+        // Written as the cookie crate writes the first: without a leading dot (RFC 6265 §5.2.3).
+        text.push_str("; Domain=");
+        text.push_str(domain.trim_start_matches('.'));
+    }
+    for attribute in &attributes.extra {
+        text.push_str("; ");
+        text.push_str(attribute);
+    }
+    HeaderValue::try_from(text).ok()
+}
+
 impl Default for CookieAttributes {
     fn default() -> Self {
         Self {
@@ -131,7 +218,7 @@ pub struct SessionPolicy {
     carrier: Carrier,
     absolute_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    indirect: bool,
+    indirect: Option<bool>,
 }
 
 impl SessionPolicy {
@@ -166,8 +253,11 @@ impl SessionPolicy {
     }
 
     /// Whether the session cookie is removed before the request reaches the backend
-    /// (HAProxy's `indirect`); on by default.
-    pub fn indirect(&self) -> bool {
+    /// (HAProxy's `indirect`), as set with [`PolicyBuilder::indirect`]; `None` leaves it to the
+    /// strategy's default: [`Insert`](crate::strategy::Insert) removes it,
+    /// [`Rewrite`](crate::strategy::Rewrite) passes it on. This is the only place the setting
+    /// lives: the cookie strategies read it from here.
+    pub fn indirect(&self) -> Option<bool> {
         self.indirect
     }
 
@@ -223,12 +313,12 @@ pub struct PolicyBuilder {
     carrier: CarrierKind,
     absolute_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
-    indirect: bool,
+    indirect: Option<bool>,
 }
 
 impl PolicyBuilder {
     fn new(name: String, carrier: CarrierKind) -> Self {
-        Self { name, carrier, absolute_timeout: None, idle_timeout: None, indirect: true }
+        Self { name, carrier, absolute_timeout: None, idle_timeout: None, indirect: None }
     }
 
     fn cookie_mut(&mut self) -> Option<&mut CookieAttributes> {
@@ -250,10 +340,12 @@ impl PolicyBuilder {
         self
     }
 
-    /// Whether to remove the session cookie before the request reaches the backend (default
-    /// `true`). Ignored for header sessions, whose header is always removed.
+    /// Whether to remove the session cookie before the request reaches the backend (HAProxy's
+    /// `indirect`). Unset, the strategy decides: [`Insert`](crate::strategy::Insert) (the
+    /// default) removes it, [`Rewrite`](crate::strategy::Rewrite) passes it on. Ignored for
+    /// header sessions, whose header is always removed.
     pub fn indirect(mut self, indirect: bool) -> Self {
-        self.indirect = indirect;
+        self.indirect = Some(indirect);
         self
     }
 
@@ -525,7 +617,7 @@ mod tests {
         assert!(c.http_only && c.secure);
         assert_eq!(c.same_site, Some(SameSite::Strict));
         assert_eq!(c.lifetime, Lifetime::Session);
-        assert!(policy.indirect());
+        assert_eq!(policy.indirect(), None, "the strategy decides");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
 
 /// The gateway's own cookie (HAProxy `insert`), the default for cookie sessions.
 ///
-/// * `indirect` (default on): the cookie is removed before the request reaches the backend.
+/// * `indirect` is the policy's ([`PolicyBuilder::indirect`](crate::policy::PolicyBuilder::indirect)):
+///   unless the policy turns it off, the cookie is removed before the request reaches the
+///   backend.
 /// * `preserve` (default off): when the backend sets a cookie of the same name itself, it is
 ///   passed on and nothing is inserted, so the application can end persistence (a logout).
 ///   Without it, the backend's cookie of that name is removed.
@@ -37,7 +39,7 @@ use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
 /// });
 /// // The plain codec writes the endpoint's key as it is, as HAProxy does.
 /// let policy = SessionPolicy::cookie("SRV").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default())
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default())
 ///     .strategy(Insert::new().nocache(true));
 /// let res = layer.layer(backend).oneshot(Request::new(())).await?;
 /// assert_eq!(res.headers()["set-cookie"], "SRV=s1; HttpOnly; SameSite=Strict; Secure; Path=/");
@@ -45,31 +47,18 @@ use crate::policy::{Carrier, CookieAttributes, SessionPolicy};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use]
 pub struct Insert {
-    indirect: bool,
     preserve: bool,
     nocache: bool,
     postonly: bool,
 }
 
-impl Default for Insert {
-    fn default() -> Self {
-        Self { indirect: true, preserve: false, nocache: false, postonly: false }
-    }
-}
-
 impl Insert {
-    /// `insert indirect`.
+    /// `insert` (`indirect` unless the policy turns it off).
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Whether to remove our cookie before the backend sees the request.
-    pub fn indirect(mut self, on: bool) -> Self {
-        self.indirect = on;
-        self
     }
 
     /// Whether a backend's own cookie of our name wins over ours.
@@ -91,52 +80,10 @@ impl Insert {
     }
 }
 
-/// The `Set-Cookie` value for `token`, or a deletion when there is none.
-pub(crate) fn set_cookie_value(
-    name: &str,
-    attributes: &CookieAttributes,
-    token: Option<&str>,
-    max_age: Option<std::time::Duration>,
-) -> Option<HeaderValue> {
-    let mut cookie = cookie::Cookie::build((name, token.unwrap_or_default()))
-        .path(attributes.path.as_str())
-        .http_only(attributes.http_only)
-        .secure(attributes.secure)
-        .partitioned(attributes.partitioned);
-    if let Some(same_site) = attributes.same_site {
-        cookie = cookie.same_site(same_site);
-    }
-    if let Some(domain) = attributes.domains.first() {
-        cookie = cookie.domain(domain.as_str());
-    }
-    let mut cookie = cookie.build();
-    match (token, max_age) {
-        (None, _) => cookie.make_removal(),
-        (Some(_), Some(age)) => {
-            cookie.set_max_age(cookie::time::Duration::seconds(
-                i64::try_from(age.as_secs()).unwrap_or(i64::MAX),
-            ));
-        }
-        (Some(_), None) => {}
-    }
-    let mut text = cookie.to_string();
-    // The cookie crate knows one Domain and no free-form attributes; both were validated when
-    // the policy was built, so appending them keeps the header well-formed.
-    for domain in attributes.domains.iter().skip(1) {
-        // Written as the cookie crate writes the first: without a leading dot (RFC 6265 §5.2.3).
-        text.push_str("; Domain=");
-        text.push_str(domain.trim_start_matches('.'));
-    }
-    for attribute in &attributes.extra {
-        text.push_str("; ");
-        text.push_str(attribute);
-    }
-    HeaderValue::try_from(text).ok()
-}
-
-/// Our cookie's value, removed from the request when `indirect` (insert and rewrite alike).
-fn read(policy: &SessionPolicy, req: &mut request::Parts, indirect: bool) -> Option<String> {
-    if indirect {
+/// Our cookie's value, removed from the request when the policy says `indirect` (or says
+/// nothing and `default` is on): insert and rewrite alike.
+fn read(policy: &SessionPolicy, req: &mut request::Parts, default: bool) -> Option<String> {
+    if policy.indirect().unwrap_or(default) {
         // Found and removed in one pass.
         cookies::take(&mut req.headers, policy.name())
     } else {
@@ -152,11 +99,19 @@ fn cookie_attributes(policy: &SessionPolicy) -> CookieAttributes {
 }
 
 impl Strategy for Insert {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        read(policy, req, self.indirect)
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        (read(policy, req, true), ())
     }
 
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
         let name = policy.name();
         if set_cookie::sets(&res.headers, name) {
             if self.preserve {
@@ -171,7 +126,11 @@ impl Strategy for Insert {
             Carrier::Cookie(attributes) => attributes,
             _ => &cookie_attributes(policy),
         };
-        let Some(value) = set_cookie_value(name, attributes, reply.token(), reply.max_age()) else {
+        let value = match reply.token() {
+            Some(token) => attributes.set_cookie(name, token, reply.max_age()),
+            None => attributes.removal(name),
+        };
+        let Some(value) = value else {
             tracing::warn!("session cookie is not a valid header value");
             return;
         };
@@ -183,8 +142,9 @@ impl Strategy for Insert {
 }
 
 /// The backend's own cookie carries the session (HAProxy `rewrite`): the value of every
-/// `Set-Cookie` of that name is replaced by the token, every attribute kept. With `indirect`
-/// (off by default; HAProxy refuses it) the cookie is removed from requests.
+/// `Set-Cookie` of that name is replaced by the token, every attribute kept. The cookie is
+/// passed on to the backend unless the policy sets
+/// [`indirect(true)`](crate::policy::PolicyBuilder::indirect) (HAProxy refuses that).
 ///
 /// ```
 /// use http::{Request, Response};
@@ -204,7 +164,7 @@ impl Strategy for Insert {
 ///     Ok::<_, http::Error>(res)
 /// });
 /// let policy = SessionPolicy::cookie("JSESSIONID").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let layer = layer.strategy(Rewrite::new());
 /// let res = layer.layer(backend).oneshot(Request::new(())).await?;
 /// // The value is the token now; every attribute is the application's.
@@ -215,7 +175,7 @@ impl Strategy for Insert {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[must_use]
 pub struct Rewrite {
-    indirect: bool,
+    _private: (),
 }
 
 impl Rewrite {
@@ -223,20 +183,22 @@ impl Rewrite {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Whether to remove the cookie before the backend sees the request.
-    pub fn indirect(mut self, on: bool) -> Self {
-        self.indirect = on;
-        self
-    }
 }
 
 impl Strategy for Rewrite {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        read(policy, req, self.indirect)
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        (read(policy, req, false), ())
     }
 
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
         if !set_cookie::sets(&res.headers, policy.name()) {
             return;
         }
@@ -272,7 +234,7 @@ impl Strategy for Rewrite {
 ///     Ok::<_, http::Error>(res)
 /// });
 /// let policy = SessionPolicy::cookie("JSESSIONID").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let layer = layer.strategy(Prefix);
 /// let app = layer.layer(backend);
 ///
@@ -289,7 +251,9 @@ impl Strategy for Rewrite {
 pub struct Prefix;
 
 impl Strategy for Prefix {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
         let mut first: Option<Option<String>> = None;
         cookies::edit(&mut req.headers, policy.name(), |value| {
             let split = value.split_once('~');
@@ -300,10 +264,16 @@ impl Strategy for Prefix {
                 None => Edit::Keep,
             }
         });
-        first.flatten()
+        (first.flatten(), ())
     }
 
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
         if !set_cookie::sets(&res.headers, policy.name()) {
             return;
         }
@@ -337,7 +307,7 @@ impl Strategy for Prefix {
 ///     Ok::<_, std::convert::Infallible>(res)
 /// });
 /// let policy = SessionPolicy::cookie("SRV").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let layer = layer.strategy(Passive);
 /// let app = layer.layer(balancer);
 ///
@@ -355,9 +325,11 @@ impl Strategy for Prefix {
 pub struct Passive;
 
 impl Strategy for Passive {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        cookies::find(&req.headers, policy.name()).map(str::to_owned)
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        (cookies::find(&req.headers, policy.name()).map(str::to_owned), ())
     }
 
-    fn on_response(&self, _: &SessionPolicy, _: &mut response::Parts, _: &Reply<'_>) {}
+    fn on_response(&self, _: &SessionPolicy, _: &mut response::Parts, _: &Reply<'_>, (): ()) {}
 }

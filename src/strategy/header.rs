@@ -28,7 +28,7 @@ use crate::policy::{Carrier, SessionPolicy};
 /// });
 /// // `Header` is the default strategy of a header policy.
 /// let policy = SessionPolicy::header("x-session").build()?;
-/// let app = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default()).layer(balancer);
+/// let app = SessionPersistenceLayer::new(policy, PlainCodec::default()).layer(balancer);
 ///
 /// let res = app.clone().oneshot(Request::new(())).await?;
 /// assert_eq!(res.headers()["x-session"], "s1");
@@ -50,14 +50,22 @@ fn name(policy: &SessionPolicy) -> Option<HeaderName> {
 }
 
 impl Strategy for Header {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
-        let name = name(policy)?;
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        let Some(name) = name(policy) else { return (None, ()) };
         let token = carrier::header::find(&req.headers, &name).map(str::to_owned);
         carrier::header::strip(&mut req.headers, &name);
-        token
+        (token, ())
     }
 
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
         if !reply.is_due() {
             return;
         }

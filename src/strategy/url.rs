@@ -45,7 +45,7 @@ use crate::policy::SessionPolicy;
 ///     Ok::<_, http::Error>(res)
 /// });
 /// let policy = SessionPolicy::cookie("session").build()?;
-/// let layer = SessionPersistenceLayer::<String>::new(policy, PlainCodec::default());
+/// let layer = SessionPersistenceLayer::new(policy, PlainCodec::default());
 /// let app = layer.strategy(Url::query()).layer(balancer);
 ///
 /// // A new session rides on the redirect.
@@ -124,7 +124,43 @@ fn with_target(uri: &Uri, target: &str) -> Option<Uri> {
 }
 
 impl Strategy for Url {
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
+    type State = ();
+
+    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
+        (self.read(policy, req), ())
+    }
+
+    fn on_valid(&self, _policy: &SessionPolicy, req: &mut request::Parts, token: &str) {
+        if let Some(header) = &self.expose
+            && let Ok(value) = HeaderValue::try_from(token)
+        {
+            req.headers.insert(header.clone(), value);
+        }
+    }
+
+    fn on_response(
+        &self,
+        policy: &SessionPolicy,
+        res: &mut response::Parts,
+        reply: &Reply<'_>,
+        (): (),
+    ) {
+        if !reply.is_due() {
+            return;
+        }
+        let Some(location) = res.headers.get(LOCATION).and_then(|l| l.to_str().ok()) else {
+            return;
+        };
+        let Some(token) = reply.token() else { return };
+        let rewritten = urls::with_token(location, self.place, policy.name(), token);
+        if let Ok(value) = HeaderValue::try_from(rewritten) {
+            res.headers.insert(LOCATION, value);
+        }
+    }
+}
+
+impl Url {
+    fn read(&self, policy: &SessionPolicy, req: &mut request::Parts) -> Option<String> {
         if let Some(header) = &self.expose {
             req.headers.remove(header);
         }
@@ -138,27 +174,5 @@ impl Strategy for Url {
             req.uri = uri;
         }
         token
-    }
-
-    fn on_valid(&self, _policy: &SessionPolicy, req: &mut request::Parts, token: &str) {
-        if let Some(header) = &self.expose
-            && let Ok(value) = HeaderValue::try_from(token)
-        {
-            req.headers.insert(header.clone(), value);
-        }
-    }
-
-    fn on_response(&self, policy: &SessionPolicy, res: &mut response::Parts, reply: &Reply<'_>) {
-        if !reply.is_due() {
-            return;
-        }
-        let Some(location) = res.headers.get(LOCATION).and_then(|l| l.to_str().ok()) else {
-            return;
-        };
-        let Some(token) = reply.token() else { return };
-        let rewritten = urls::with_token(location, self.place, policy.name(), token);
-        if let Ok(value) = HeaderValue::try_from(rewritten) {
-            res.headers.insert(LOCATION, value);
-        }
     }
 }

@@ -38,6 +38,53 @@ pub struct Claims {
     pub refreshed: Option<u64>,
 }
 
+/// What [`Codec::decode_with_key`] read: the claims, and which of the codec's keys verified
+/// them.
+///
+/// A token verified by any key but the first (the primary, which signs) was written before a
+/// key rotation: the layer re-issues it under the primary key on its next response, so that a
+/// rotation completes within one visit of each session and the old key can be dropped.
+///
+/// ```
+/// use tower_session_persistence::token::{Claims, Decoded};
+///
+/// let claims = Claims { endpoint: b"pod-a".to_vec(), issued: None, refreshed: None };
+/// assert!(!Decoded::primary(claims.clone()).is_stale());
+/// let old = Decoded::primary(claims).with_key(1);
+/// assert_eq!(old.key(), 1);
+/// assert!(old.is_stale());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decoded {
+    /// What the token says.
+    pub claims: Claims,
+    key: usize,
+}
+
+impl Decoded {
+    /// Claims verified by the primary key (index 0), or by a codec without keys.
+    pub fn primary(claims: Claims) -> Self {
+        Self { claims, key: 0 }
+    }
+
+    /// The same claims, verified by the key at `index` in the codec's list (0 is the primary).
+    pub fn with_key(mut self, index: usize) -> Self {
+        self.key = index;
+        self
+    }
+
+    /// The index of the key that verified the token: 0 for the primary key.
+    pub fn key(&self) -> usize {
+        self.key
+    }
+
+    /// Whether a key other than the primary verified the token: it should be written again.
+    pub fn is_stale(&self) -> bool {
+        self.key != 0
+    }
+}
+
 /// The context a token is bound to: a token made for one binding is rejected under any other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Binding<'a> {
@@ -52,11 +99,16 @@ pub struct Binding<'a> {
 /// Implementations must reject, by returning `None`, any token they did not write for the same
 /// [`Binding`]: forged, tampered, truncated or foreign tokens all mean "no session".
 ///
+/// A codec with several keys (rotation) reports which one verified a token through
+/// [`decode_with_key`](Self::decode_with_key); the layer re-issues tokens that an older key
+/// verified on their next response.
+///
 /// Codecs compose. This one writes with a new codec and still reads what HAProxy wrote, so
-/// that clients keep their sessions through a migration:
+/// that clients keep their sessions through a migration; a plain token counts as written under
+/// an old key, so each client gets a new token on its next visit:
 ///
 /// ```
-/// use tower_session_persistence::token::{Binding, Claims, Codec, PlainCodec};
+/// use tower_session_persistence::token::{Binding, Claims, Codec, Decoded, PlainCodec};
 ///
 /// struct Migrating<C> {
 ///     new: C,
@@ -69,7 +121,14 @@ pub struct Binding<'a> {
 ///     }
 ///
 ///     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
-///         self.new.decode(token, binding).or_else(|| self.old.decode(token, binding))
+///         self.decode_with_key(token, binding).map(|decoded| decoded.claims)
+///     }
+///
+///     fn decode_with_key(&self, token: &str, binding: Binding<'_>) -> Option<Decoded> {
+///         self.new.decode_with_key(token, binding).or_else(|| {
+///             // Any index but 0 says "re-issue".
+///             self.old.decode(token, binding).map(|claims| Decoded::primary(claims).with_key(1))
+///         })
 ///     }
 /// }
 ///
@@ -79,7 +138,9 @@ pub struct Binding<'a> {
 /// let codec = Migrating { new: SignedCodec::new([[7u8; 32]])?, old: PlainCodec::default() };
 /// let binding = Binding { name: "SRV", scope: "shop" };
 /// // A cookie HAProxy wrote (`cookie SRV insert`, server `s1`) still names `s1` ...
-/// assert_eq!(codec.decode("s1", binding).unwrap().endpoint, b"s1");
+/// let old = codec.decode_with_key("s1", binding).unwrap();
+/// assert_eq!(old.claims.endpoint, b"s1");
+/// assert!(old.is_stale(), "re-issued on its next response");
 /// // ... and new sessions get signed tokens.
 /// let now = Some(1_700_000_000);
 /// let claims = Claims { endpoint: b"s1".to_vec(), issued: now, refreshed: now };
@@ -94,7 +155,18 @@ pub trait Codec: Send + Sync + 'static {
     fn encode(&self, claims: &Claims, binding: Binding<'_>) -> Option<String>;
 
     /// Reads the claims of `token` if this codec wrote it for `binding`.
+    ///
+    /// Decoders bound their work: refuse long tokens (the built-in codecs refuse over 1024
+    /// characters) before any other work.
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims>;
+
+    /// Reads `token` like [`decode`](Self::decode) and says which key verified it; this is
+    /// what the layer calls. The default reports the primary key: codecs that verify with
+    /// more than one key (rotation, migration) override it so that tokens under an older key
+    /// are re-issued under the primary one.
+    fn decode_with_key(&self, token: &str, binding: Binding<'_>) -> Option<Decoded> {
+        self.decode(token, binding).map(Decoded::primary)
+    }
 }
 
 impl<T: Codec + ?Sized> Codec for Box<T> {
@@ -105,6 +177,10 @@ impl<T: Codec + ?Sized> Codec for Box<T> {
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
         (**self).decode(token, binding)
     }
+
+    fn decode_with_key(&self, token: &str, binding: Binding<'_>) -> Option<Decoded> {
+        (**self).decode_with_key(token, binding)
+    }
 }
 
 impl<T: Codec + ?Sized> Codec for std::sync::Arc<T> {
@@ -114,5 +190,9 @@ impl<T: Codec + ?Sized> Codec for std::sync::Arc<T> {
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
         (**self).decode(token, binding)
+    }
+
+    fn decode_with_key(&self, token: &str, binding: Binding<'_>) -> Option<Decoded> {
+        (**self).decode_with_key(token, binding)
     }
 }

@@ -47,9 +47,17 @@ impl PlainCodec {
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-/// HAProxy's `s30tob64((seconds + 3) >> 2)`: 30 bits, most significant 6 first.
+/// The longest plain token [`PlainCodec::decode`] reads, as for the keyed codecs: longer ones
+/// are refused before any other work.
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// The largest date a plain token can carry: 30 bits of 4-second units (early 2106).
+const MAX_UNITS: u64 = (1 << 30) - 1;
+
+/// HAProxy's `s30tob64((seconds + 3) >> 2)`: 30 bits, most significant 6 first. Dates beyond
+/// what 30 bits hold are written as the largest one, never wrapped round to a date in the past.
 pub(crate) fn encode_date(seconds: u64) -> [u8; 5] {
-    let units = ((seconds + 3) >> 2) as u32;
+    let units = (seconds.saturating_add(3) >> 2).min(MAX_UNITS);
     let mut out = [0u8; 5];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = ALPHABET[((units >> (24 - 6 * i)) & 0x3f) as usize];
@@ -99,6 +107,9 @@ impl Codec for PlainCodec {
     }
 
     fn decode(&self, token: &str, _binding: Binding<'_>) -> Option<Claims> {
+        if token.len() > MAX_TOKEN_LEN {
+            return None;
+        }
         let mut parts = token.as_bytes().splitn(3, |&b| b == b'|');
         let id = parts.next()?;
         if id.is_empty() {
@@ -125,6 +136,20 @@ mod tests {
         assert_eq!(&encode_date(1795755979), b"awkPz");
         assert_eq!(decode_date(b"!!!!!"), None);
         assert_eq!(decode_date(b"awk"), None);
+        // The far future saturates instead of wrapping round (or overflowing).
+        let last = encode_date(u64::MAX);
+        assert_eq!(&last, b"/////");
+        assert_eq!(encode_date(MAX_UNITS << 2), last);
+        assert_eq!(decode_date(&last), Some(MAX_UNITS << 2));
+        assert!(decode_date(&encode_date(1 << 40)) > decode_date(b"awkPk"));
+    }
+
+    #[test]
+    fn long_tokens_are_refused() {
+        let c = PlainCodec::default();
+        let id = "s".repeat(MAX_TOKEN_LEN);
+        assert_eq!(c.decode(&id, B).unwrap().endpoint.len(), MAX_TOKEN_LEN);
+        assert_eq!(c.decode(&format!("{id}s"), B), None);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use super::{Binding, Claims, Codec, MIN_KEY_LEN};
+use super::{Binding, Claims, Codec, Decoded, MIN_KEY_LEN};
 use crate::policy::PolicyError;
 
 const VERSION: u8 = 1;
@@ -196,6 +196,10 @@ impl Codec for SealedCodec {
     }
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
+        self.decode_with_key(token, binding).map(|decoded| decoded.claims)
+    }
+
+    fn decode_with_key(&self, token: &str, binding: Binding<'_>) -> Option<Decoded> {
         if token.len() > MAX_TOKEN_LEN {
             return None;
         }
@@ -212,10 +216,14 @@ impl Codec for SealedCodec {
         let mut plain = [0u8; MAX_RAW_LEN];
         let plain = &mut plain[..sealed.len()];
         // The tag is checked in constant time by the `chacha20poly1305` crate.
-        with_associated_data(VERSION, key_id, binding, |ad| {
-            self.keys.iter().filter(|key| key.id == key_id).find(|key| {
-                plain.copy_from_slice(sealed);
-                key.cipher.decrypt_inout_detached(&nonce, ad, (&mut *plain).into(), &tag).is_ok()
+        let index = with_associated_data(VERSION, key_id, binding, |ad| {
+            self.keys.iter().position(|key| {
+                key.id == key_id && {
+                    plain.copy_from_slice(sealed);
+                    key.cipher
+                        .decrypt_inout_detached(&nonce, ad, (&mut *plain).into(), &tag)
+                        .is_ok()
+                }
             })
         })?;
         // Authentic, hence written by `encode`; checked anyway, never indexed blindly.
@@ -225,7 +233,8 @@ impl Codec for SealedCodec {
         let refreshed = u64::from(u32::from_be_bytes([r0, r1, r2, r3]));
         let len = usize::from(u16::from_be_bytes([l0, l1]));
         let endpoint = plain.get(FIXED_LEN..FIXED_LEN + len)?.to_vec();
-        Some(Claims { endpoint, issued: Some(issued), refreshed: Some(refreshed) })
+        let claims = Claims { endpoint, issued: Some(issued), refreshed: Some(refreshed) };
+        Some(Decoded::primary(claims).with_key(index))
     }
 }
 

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-use super::{Binding, Claims, Codec, MIN_KEY_LEN};
+use super::{Binding, Claims, Codec, Decoded, MIN_KEY_LEN};
 use crate::policy::PolicyError;
 
 const VERSION: u8 = 1;
@@ -163,6 +163,10 @@ impl Codec for SignedCodec {
     }
 
     fn decode(&self, token: &str, binding: Binding<'_>) -> Option<Claims> {
+        self.decode_with_key(token, binding).map(|decoded| decoded.claims)
+    }
+
+    fn decode_with_key(&self, token: &str, binding: Binding<'_>) -> Option<Decoded> {
         if token.len() > MAX_TOKEN_LEN {
             return None;
         }
@@ -178,7 +182,7 @@ impl Codec for SignedCodec {
         let mut plain = [0u8; MAX_RAW_LEN];
         let plain = &mut plain[..ciphertext.len()];
         // The tag is checked in constant time by the `aes-siv` crate.
-        self.keys.iter().find(|key| {
+        let index = self.keys.iter().position(|key| {
             plain.copy_from_slice(ciphertext);
             key.with(|cipher| {
                 cipher
@@ -193,11 +197,12 @@ impl Codec for SignedCodec {
         let time = |range: std::ops::Range<usize>| {
             u64::from(u32::from_be_bytes(header[range].try_into().expect("4 bytes")))
         };
-        Some(Claims {
+        let claims = Claims {
             endpoint: plain.to_vec(),
             issued: Some(time(1..5)),
             refreshed: Some(time(5..9)),
-        })
+        };
+        Some(Decoded::primary(claims).with_key(index))
     }
 }
 

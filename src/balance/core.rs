@@ -32,7 +32,7 @@ use crate::{EndpointKey, OnUnavailable};
 
 /// The future of one group's p2c `Balance`.
 pub(crate) type BalancedFuture<K, S, B> =
-    MapErr<GatedFuture<K, S, <S as Service<Request<B>>>::Future, B>, fn(BoxError) -> BoxError>;
+    MapErr<GatedFuture<<S as Service<Request<B>>>::Future, K>, fn(BoxError) -> BoxError>;
 
 /// What a group's dispatcher answers: the dispatched request's future, or why it was not.
 pub(crate) type Dispatched<K, S, B> = Result<BalancedFuture<K, S, B>, BoxError>;
@@ -258,7 +258,7 @@ where
         {
             let endpoint = slot.endpoint.clone();
             table.members[group].push((slot.hash, endpoint.clone()));
-            g.p2c.insert(key.clone(), Gated::new(endpoint, self.settings.failfast));
+            g.p2c.insert(key.clone(), Gated(endpoint));
         }
         g.eligible.store(table.members[group].len(), Ordering::Release);
     }
@@ -489,19 +489,7 @@ pub(crate) async fn dispatch<K, S, B, RB>(
     S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Error: Into<BoxError>,
 {
-    loop {
-        // While idle, keep p2c's endpoints moving: an endpoint that becomes ready gets its
-        // probe, which gives back what its readiness reserved (see `Gated`), instead of holding
-        // it in p2c's copy until the next balanced request.
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(next) = queue.poll_recv(cx) {
-                return Poll::Ready(next);
-            }
-            let _ = balance.poll_ready(cx);
-            Poll::Pending
-        })
-        .await;
-        let Some(Msg { req, mut reply, deadline }) = next else { break };
+    while let Some(Msg { req, mut reply, deadline }) = queue.recv().await {
         if reply.is_closed() {
             continue;
         }

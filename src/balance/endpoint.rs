@@ -7,7 +7,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -15,9 +14,6 @@ use tower::BoxError;
 use tower::load::Load;
 use tower_service::Service;
 
-use super::core::NoEndpoints;
-use super::failure::NotSent;
-use super::future::PolledAfterCompletion;
 use super::state::EndpointState;
 use crate::ServedBy;
 
@@ -316,33 +312,16 @@ where
     }
 }
 
-/// An endpoint as its group's p2c balancer sees it: ready only while it may take new sessions,
-/// and holding no reservation while it waits in p2c's ready cache.
+/// An endpoint as its group's p2c balancer sees it: ready only while it may take new sessions.
 ///
 /// When an endpoint is drained, ejected or removed, its copy in p2c fails its next readiness
 /// check, so p2c drops it at once, in the same poll that would have chosen it, without
 /// waiting for the discovery message that follows.
-///
-/// p2c keeps the endpoints it found ready until it picks one. For an endpoint whose readiness
-/// is a reservation (a `Buffer` slot, a `ConcurrencyLimit` permit), a ready copy would hold
-/// one unit that its own pinned requests could not use. So readiness here is a *probe*: the
-/// endpoint is polled, and once ready its service is swapped for a fresh clone, dropping the
-/// reservation; the request p2c sends polls the endpoint again (a moment after it was ready,
-/// so at once, or within the fail-fast deadline) and only then calls it.
-pub(crate) struct Gated<K, S> {
-    endpoint: Endpoint<K, S>,
-    failfast: Duration,
-}
-
-impl<K, S> Gated<K, S> {
-    pub(crate) fn new(endpoint: Endpoint<K, S>, failfast: Duration) -> Self {
-        Self { endpoint, failfast }
-    }
-}
+pub(crate) struct Gated<K, S>(pub(crate) Endpoint<K, S>);
 
 impl<K: Clone, S: Clone> Clone for Gated<K, S> {
     fn clone(&self) -> Self {
-        Self { endpoint: self.endpoint.clone(), failfast: self.failfast }
+        Self(self.0.clone())
     }
 }
 
@@ -350,7 +329,7 @@ impl<K, S> Load for Gated<K, S> {
     type Metric = usize;
 
     fn load(&self) -> usize {
-        self.endpoint.in_flight()
+        self.0.in_flight()
     }
 }
 
@@ -369,113 +348,50 @@ impl std::error::Error for Ineligible {}
 impl<K, S, B, RB> Service<Request<B>> for Gated<K, S>
 where
     K: Clone + fmt::Debug + Send + Sync + 'static,
-    S: Service<Request<B>, Response = Response<RB>> + Clone,
+    S: Service<Request<B>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
 {
     type Response = Response<RB>;
     type Error = BoxError;
-    type Future = GatedFuture<K, S, S::Future, B>;
+    type Future = GatedFuture<S::Future, K>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if !self.endpoint.health.is_eligible() {
+        if !self.0.health.is_eligible() {
             return Poll::Ready(Err(Ineligible.into()));
         }
         // A readiness error drops this copy from p2c (tower logs it); pinned requests that
         // meet the same error eject the endpoint.
-        ready!(self.endpoint.poll_ready(cx)).map_err(Into::into)?;
-        // Ready: give back whatever the readiness reserved, by dropping the ready service for
-        // a fresh clone. The request polls again before it is sent.
-        self.endpoint.inner = self.endpoint.inner.clone();
-        Poll::Ready(Ok(()))
+        self.0.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let target = Some((self.endpoint.key.clone(), self.endpoint.health.clone()));
-        let mut endpoint = self.endpoint.clone();
-        // It was ready a moment ago: usually it is still, and the request leaves now, as it
-        // would from a service p2c had kept ready. Otherwise the future waits for it (with
-        // this clone, so that no acquisition in progress is left behind in p2c's copy).
-        let mut now = Context::from_waker(std::task::Waker::noop());
-        if let Poll::Ready(Ok(())) = endpoint.poll_ready(&mut now) {
-            let inner = Some(endpoint.call(req));
-            return GatedFuture {
-                waiting: None,
-                failfast: self.failfast,
-                deadline: None,
-                inner,
-                target,
-            };
-        }
         GatedFuture {
-            waiting: Some((endpoint, req)),
-            failfast: self.failfast,
-            deadline: None,
-            inner: None,
-            target,
+            inner: self.0.call(req),
+            target: Some((self.0.key.clone(), self.0.health.clone())),
         }
     }
 }
 
 pin_project! {
-    /// Response future of [`Gated`]: waits for the endpoint's readiness (bounded by the
-    /// fail-fast deadline), calls it, and says which endpoint an error came from.
-    pub(crate) struct GatedFuture<K, S, F, B> {
-        waiting: Option<(Endpoint<K, S>, Request<B>)>,
-        failfast: Duration,
+    /// Response future of [`Gated`]: an error says which endpoint it came from.
+    pub(crate) struct GatedFuture<F, K> {
         #[pin]
-        deadline: Option<tokio::time::Sleep>,
-        #[pin]
-        inner: Option<EndpointFuture<F, K>>,
+        inner: EndpointFuture<F, K>,
         target: Option<(K, Arc<Health>)>,
     }
 }
 
-impl<K, S, B, RB> Future for GatedFuture<K, S, S::Future, B>
+impl<F, K, RB, E> Future for GatedFuture<F, K>
 where
+    F: Future<Output = Result<Response<RB>, E>>,
+    E: Into<BoxError>,
     K: Clone + fmt::Debug + Send + Sync + 'static,
-    S: Service<Request<B>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
 {
     type Output = Result<Response<RB>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        if let Some((endpoint, _)) = this.waiting.as_mut() {
-            match endpoint.poll_ready(cx) {
-                Poll::Ready(Ok(())) => {
-                    let (mut endpoint, req) = this.waiting.take().expect("waiting");
-                    this.deadline.set(None);
-                    this.inner.set(Some(endpoint.call(req)));
-                }
-                Poll::Ready(Err(error)) => {
-                    // The request never left: a failure of the endpoint, as for pinned ones.
-                    this.waiting.take();
-                    let error: BoxError = Box::new(NotSent::new(error));
-                    return Poll::Ready(Err(match this.target.take() {
-                        Some((key, health)) => Box::new(FailedAt { key, health, error }),
-                        None => error,
-                    }));
-                }
-                Poll::Pending => {
-                    if this.deadline.is_none() {
-                        this.deadline.set(Some(tokio::time::sleep(*this.failfast)));
-                    }
-                    if let Some(deadline) = this.deadline.as_mut().as_pin_mut()
-                        && deadline.poll(cx).is_ready()
-                    {
-                        // Busy is not failing: no ejection, the request fails as any balanced
-                        // request for which no endpoint became ready in time.
-                        this.waiting.take();
-                        return Poll::Ready(Err(NoEndpoints.into()));
-                    }
-                    return Poll::Pending;
-                }
-            }
-        }
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err(PolledAfterCompletion.into()));
-        };
-        match ready!(inner.poll(cx)) {
+        let this = self.project();
+        match ready!(this.inner.poll(cx)) {
             Ok(res) => Poll::Ready(Ok(res)),
             Err(error) => {
                 let error = error.into();

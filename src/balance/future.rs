@@ -355,7 +355,7 @@ where
 /// A balancer future polled again after it completed: a bug in the caller, answered with an
 /// error rather than a panic.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct PolledAfterCompletion;
+struct PolledAfterCompletion;
 
 impl std::fmt::Display for PolledAfterCompletion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -163,6 +163,8 @@
 // `examples/gateway/`, which cargo does not mistake for another example.
 #[path = "gateway/access_log.rs"]
 mod access_log;
+#[path = "gateway/admin.rs"]
+mod admin;
 #[path = "gateway/balancing.rs"]
 mod balancing;
 #[path = "gateway/cli.rs"]
@@ -179,6 +181,8 @@ mod demo;
 mod edge;
 #[path = "gateway/failure.rs"]
 mod failure;
+#[path = "gateway/listeners.rs"]
+mod listeners;
 #[path = "gateway/persistence.rs"]
 mod persistence;
 #[path = "gateway/pool.rs"]
@@ -193,6 +197,8 @@ mod routing;
 mod server;
 #[path = "gateway/stack.rs"]
 mod stack;
+#[path = "gateway/tls.rs"]
+mod tls;
 #[path = "gateway/upgrade.rs"]
 mod upgrade;
 
@@ -209,6 +215,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Plan;
+use crate::listeners::Protocol;
 use crate::stack::Gateway;
 
 fn main() -> ExitCode {
@@ -261,6 +268,15 @@ async fn control() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(listen) = args.listen {
+        if plan.listeners.is_some() {
+            // The Gateway's listeners say where to listen, each on its own port: one
+            // address from the command line cannot stand for them.
+            eprintln!(
+                "config error: --listen: the file has gateways:, whose listeners say where to \
+                 listen (spec.addresses and each listener's port; port 0 picks a free one)"
+            );
+            return ExitCode::from(1);
+        }
         plan.listen = listen;
     }
     match run(plan, demo_backends, args.config.clone()).await {
@@ -315,26 +331,45 @@ async fn run(
     if plan.rules.is_empty() {
         tracing::warn!("no routes configured: every request gets 404");
     }
-    let listeners = server::bind(plan.listen, server::threads()).await?;
-    let addr = listeners[0]
-        .local_addr()
-        .map_err(|err| format!("cannot read the listen address: {err}"))?;
+    let ports: Vec<(std::net::SocketAddr, Protocol)> = match &plan.listeners {
+        None => vec![(plan.listen, Protocol::Http)],
+        Some(listeners) => listeners.ports.iter().map(|port| (port.addr, port.protocol)).collect(),
+    };
+    let tls = match &plan.listeners {
+        Some(listeners) => tls::Tls::new(listeners)?,
+        None => tls::Tls::default(),
+    };
+    let mut sockets: Vec<Vec<server::Socket>> = Vec::new();
+    let mut urls = Vec::with_capacity(ports.len());
+    for (port, (addr, protocol)) in ports.into_iter().enumerate() {
+        let listeners = server::bind(addr, server::threads()).await?;
+        let bound = listeners[0]
+            .local_addr()
+            .map_err(|err| format!("cannot read the listen address: {err}"))?;
+        urls.push(format!("{}://{bound}", protocol.scheme()));
+        sockets.resize_with(sockets.len().max(listeners.len()), Vec::new);
+        for (thread, listener) in listeners.into_iter().enumerate() {
+            sockets[thread].push(server::Socket { listener, port, tls: tls.acceptor(port) });
+        }
+    }
+    let addr = urls[0].clone();
     let plan = Arc::new(plan);
     let shared = plan.clone();
     // One per process: the per-endpoint limits are shared by every serving thread.
     let upstreams = proxy::Upstreams::new(&plan.edge);
     let serving = server::Serving::new(plan.edge.timeouts, plan.edge.limits);
     let workers = server::Workers::start(
-        listeners,
+        sockets,
         move || Gateway::new(&shared, &upstreams),
         serving,
         Duration::from_secs(5),
     )
     .await?;
-    let url = format!("http://{addr}");
+    let url = addr.clone();
     {
-        // One stable line first: scripts wait for it. Then, in demo mode, how to try it.
-        let mut text = format!("listening on {url}\n");
+        // One stable line first: scripts wait for it (then one per further port, in the
+        // file's order). Then, in demo mode, how to try it.
+        let mut text: String = urls.iter().map(|url| format!("listening on {url}\n")).collect();
         if let Some(demo) = &demo {
             text.push('\n');
             text.push_str(&demo.instructions(&url));
@@ -349,7 +384,7 @@ async fn run(
     let threads = workers.gateways.len();
     tracing::info!(%addr, rules = plan.rules.len(), threads, "gateway started");
     if let Some(path) = config {
-        tokio::spawn(reload::watch(path, workers.gateways.clone()));
+        tokio::spawn(reload::watch(path, workers.gateways.clone(), tls.clone(), plan.clone()));
     }
     workers.serve_until(server::shutdown_signal()).await;
     Ok(())

@@ -22,7 +22,9 @@ use tower_session_persistence::token::SignedCodec;
 use crate::balancing::{self, Balancing};
 use crate::edge::{self, Edge};
 use crate::persistence::{self, Extension, Persistence};
-use crate::routing::{Hostname, PathMatch};
+use crate::listeners::{self, Listeners};
+use crate::routing::{Attachment, Hostname, PathMatch};
+use crate::tls;
 
 /// Where the gateway listens when neither the file nor `--listen` says.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -48,6 +50,12 @@ struct File {
     services: Vec<ServiceConfig>,
     #[serde(default)]
     routes: Vec<RouteConfig>,
+    /// Gateway API `kind: Gateway` manifests: the listeners (`listen` is their default
+    /// address then).
+    gateways: Option<Vec<listeners::GatewayConfig>>,
+    /// `kind: Secret` manifests holding the listeners' certificates.
+    #[serde(default)]
+    secrets: Vec<tls::SecretConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,8 +133,7 @@ struct Metadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RouteSpec {
     hostnames: Option<Vec<String>>,
-    #[allow(dead_code)]
-    parent_refs: Option<IgnoredAny>,
+    parent_refs: Option<Vec<listeners::ParentRef>>,
     rules: Vec<RuleConfig>,
 }
 
@@ -183,6 +190,8 @@ pub(crate) struct Plan {
     pub(crate) edge: Edge,
     /// Every rule of every route, in file order.
     pub(crate) rules: Vec<RulePlan>,
+    /// The listeners of `gateways:`; `None` without it (one HTTP listener on `listen`).
+    pub(crate) listeners: Option<Listeners>,
 }
 
 /// One `HTTPRoute` rule.
@@ -192,6 +201,9 @@ pub(crate) struct RulePlan {
     pub(crate) scope: String,
     /// The route's hostnames; empty for any host.
     pub(crate) hostnames: Vec<Hostname>,
+    /// Where the rule is reachable: every port with the route's hostnames without
+    /// `gateways:`, else each listener it attaches to.
+    pub(crate) attachments: Vec<Attachment>,
     /// The rule's path matches (at least one).
     pub(crate) matches: Vec<PathMatch>,
     /// The rule's `backendRefs`, resolved to endpoints.
@@ -308,6 +320,12 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         None => (random_key()?, true),
     };
     let services = check_services(&file.services)?;
+    let secrets = tls::check_secrets(&file.secrets)?;
+    let listeners = file
+        .gateways
+        .as_deref()
+        .map(|gateways| listeners::check(gateways, &secrets, file.listen.as_ref().map(|_| listen.ip())))
+        .transpose()?;
     if file.routes.is_empty() {
         // An empty file, or one that forgot its routes: every request would get 404.
         return Err(ConfigError::new(
@@ -319,9 +337,24 @@ fn check(file: File) -> Result<Plan, ConfigError> {
     let mut seen_routes = HashSet::new();
     for (r, route) in file.routes.iter().enumerate() {
         let at = format!("routes[{r}]");
+        let first = rules.len();
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
+        if let Some(listeners) = &listeners {
+            let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+            let attachments = listeners::attach(
+                listeners,
+                route.spec.parent_refs.as_deref(),
+                namespace,
+                &route.kind,
+                &rules[first].hostnames,
+                &at,
+            )?;
+            for rule in &mut rules[first..] {
+                rule.attachments = attachments.clone();
+            }
+        }
     }
-    Ok(Plan { listen, keys, ephemeral_key, edge, rules })
+    Ok(Plan { listen, keys, ephemeral_key, edge, rules, listeners })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.
@@ -646,7 +679,17 @@ fn check_rule(
     };
     let on_unavailable = persistence::on_unavailable(extension);
     let balancing = balancing::check(rule.balancer.as_ref(), at)?;
-    Ok(RulePlan { scope, hostnames, matches, backends, persistence, on_unavailable, balancing })
+    let attachments = vec![Attachment { port: None, hostnames: hostnames.clone() }];
+    Ok(RulePlan {
+        scope,
+        hostnames,
+        attachments,
+        matches,
+        backends,
+        persistence,
+        on_unavailable,
+        balancing,
+    })
 }
 
 #[cfg(test)]

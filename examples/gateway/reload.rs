@@ -9,14 +9,19 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config;
+use std::sync::Arc;
+
+use crate::config::{self, Plan};
+use crate::tls::Tls;
 use crate::stack::Gateway;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Watches `path` and applies its changes to `gateways` (one per serving thread), forever.
-pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>) {
+/// Watches `path` and applies its changes to `gateways` (one per serving thread) and to the
+/// certificates of `tls`, forever. `running` is the plan the gateway started with: listeners
+/// themselves (addresses, ports, hostnames) need a restart.
+pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>, tls: Tls, running: Arc<Plan>) {
     let mut last = std::fs::read_to_string(&path).ok();
     let mut hangup = hangup();
     let mut tick = tokio::time::interval(POLL);
@@ -53,6 +58,19 @@ pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>) {
                     reweighted = applied.reweighted,
                     "configuration reloaded"
                 );
+                match (&running.listeners, &plan.listeners) {
+                    (Some(old), Some(new)) if old.same_shape(new) => {
+                        let swapped = tls.apply(new);
+                        if swapped > 0 {
+                            tracing::info!(ports = swapped, "certificates reloaded: new handshakes use them");
+                        }
+                    }
+                    (None, None) => {}
+                    _ => tracing::warn!(
+                        change = "gateways: listeners changed",
+                        "not applied: this change needs a restart"
+                    ),
+                }
                 for change in &applied.needs_restart {
                     tracing::warn!(%change, "not applied: this change needs a restart");
                 }

@@ -28,7 +28,7 @@ use tower_session_persistence::strategy::Url;
 
 use crate::config::{EndpointPlan, Plan, RulePlan};
 use crate::proxy::{ClientAddr, RequestHost, ServedByEndpoint, Upstream, Upstreams};
-use crate::routing::{RouteTable, normalize_host};
+use crate::routing::{ArrivedOn, RouteTable, normalize_host};
 use crate::{access_log, failure};
 
 /// A rule's whole stack, whatever its layers.
@@ -99,7 +99,7 @@ impl Gateway {
     pub(crate) fn new(plan: &Plan, upstreams: &Upstreams) -> Self {
         let rules = plan.rules.iter().map(|rule| {
             let built = build_rule(rule, plan, upstreams);
-            (rule.hostnames.clone(), rule.matches.clone(), built)
+            (rule.attachments.clone(), rule.matches.clone(), built)
         });
         let mut path_parameters: Vec<String> = plan
             .rules
@@ -109,7 +109,7 @@ impl Gateway {
         path_parameters.sort();
         path_parameters.dedup();
         Self {
-            table: Arc::new(RouteTable::new(rules)),
+            table: Arc::new(RouteTable::attached(rules)),
             path_parameters: path_parameters.into(),
             trusted: plan.edge.forwarded.trusted().clone(),
         }
@@ -380,7 +380,8 @@ impl Service<Request<Body>> for Gateway {
                 path = std::borrow::Cow::Owned(stripped);
             }
         }
-        let rule = self.table.find(normalized.as_deref(), &path);
+        let port = req.extensions().get::<ArrivedOn>().map(|on| on.0);
+        let rule = self.table.find(port, normalized.as_deref(), &path);
         drop(path);
         let entry =
             access_log::Entry::start(&req, rule.map(|rule| rule.scope.as_str()), Some(request_id));

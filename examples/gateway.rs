@@ -189,6 +189,8 @@ mod persistence;
 mod pool;
 #[path = "gateway/proxy.rs"]
 mod proxy;
+#[path = "gateway/redirect.rs"]
+mod redirect;
 #[path = "gateway/reload.rs"]
 mod reload;
 #[path = "gateway/routing.rs"]

@@ -115,6 +115,7 @@ mod carrier;
 pub mod edge;
 mod endpoint_key;
 pub mod layer;
+pub mod metrics;
 pub mod policy;
 pub mod seam;
 pub mod strategy;

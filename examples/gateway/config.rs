@@ -24,6 +24,7 @@ use crate::edge::{self, Edge};
 use crate::persistence::{self, Extension, Persistence};
 use crate::listeners::{self, Listeners};
 use crate::routing::{Attachment, Hostname, PathMatch};
+use crate::redirect::{self, Redirect};
 use crate::tls;
 
 /// Where the gateway listens when neither the file nor `--listen` says.
@@ -148,6 +149,7 @@ struct RuleConfig {
     extension: Option<Extension>,
     #[serde(rename = "x-balancer")]
     balancer: Option<balancing::Extension>,
+    filters: Option<Vec<redirect::FilterConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +216,8 @@ pub(crate) struct RulePlan {
     pub(crate) on_unavailable: OnUnavailable,
     /// The `x-balancer` options.
     pub(crate) balancing: Balancing,
+    /// A `RequestRedirect` filter: the rule answers with it and calls no backend.
+    pub(crate) redirect: Option<Redirect>,
 }
 
 /// One `backendRef`, resolved.
@@ -679,6 +683,13 @@ fn check_rule(
     };
     let on_unavailable = persistence::on_unavailable(extension);
     let balancing = balancing::check(rule.balancer.as_ref(), at)?;
+    let redirect = redirect::check(rule.filters.as_deref(), at)?;
+    if redirect.is_some() && !backends.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.backendRefs"),
+            "a rule with a RequestRedirect filter answers itself: it has no backendRefs",
+        ));
+    }
     let attachments = vec![Attachment { port: None, hostnames: hostnames.clone() }];
     Ok(RulePlan {
         scope,
@@ -689,6 +700,7 @@ fn check_rule(
         persistence,
         on_unavailable,
         balancing,
+        redirect,
     })
 }
 

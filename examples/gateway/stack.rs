@@ -224,6 +224,22 @@ impl Rule {
 
 fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
     let scope = rule.scope.clone();
+    if let Some(redirect) = rule.redirect.clone() {
+        let service = tower::service_fn(move |req: Request<Body>| {
+            std::future::ready(Ok::<_, Infallible>(redirect.respond(&req)))
+        });
+        tracing::info!(rule = %scope, "rule ready, redirecting");
+        return Rule {
+            scope,
+            service: RuleService::new(service),
+            endpoints: Vec::new(),
+            current: Mutex::default(),
+            upstreams: upstreams.clone(),
+            balancer: None,
+            expected: 0,
+            initial_drains: Vec::new(),
+        };
+    }
     if rule.backends.is_empty() {
         // Gateway API: a rule with no backends answers 500.
         let service = tower::service_fn(|_: Request<Body>| async {

@@ -73,6 +73,7 @@ where
             {
                 let decision = Decision::Rejected;
                 tracing::debug!(decision = %decision, endpoint = ?key, scope = %settings.scope, "session");
+                crate::metrics::decision(&settings.scope, decision, key);
                 parts.extensions.insert(decision);
             }
             return Poll::Ready(Ok(http::Response::from_parts(parts, body)));
@@ -99,6 +100,7 @@ where
                 tracing::debug!(decision = %decision, endpoint = ?served, scope = %settings.scope, "session");
             }
         }
+        crate::metrics::decision(&settings.scope, decision, &served);
         parts.extensions.insert(decision);
         Poll::Ready(Ok(http::Response::from_parts(parts, body)))
     }

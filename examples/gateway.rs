@@ -355,6 +355,17 @@ async fn run(
         }
     }
     let addr = urls[0].clone();
+    // The admin port: its recorder before anything is measured, its socket bound before the
+    // traffic ports serve (a bad address fails the start).
+    let admin = match plan.admin {
+        Some(listen) => {
+            let handle = admin::install()?;
+            Some(admin::AdminPort::bind(listen, handle).await?)
+        }
+        None => None,
+    };
+    let admin_url = admin.as_ref().map(admin::AdminPort::local_addr).transpose()?;
+    let admin_ready = admin.map(admin::AdminPort::serve);
     let plan = Arc::new(plan);
     let shared = plan.clone();
     // One per process: the per-endpoint limits are shared by every serving thread.
@@ -372,6 +383,9 @@ async fn run(
         // One stable line first: scripts wait for it (then one per further port, in the
         // file's order). Then, in demo mode, how to try it.
         let mut text: String = urls.iter().map(|url| format!("listening on {url}\n")).collect();
+        if let Some(admin) = admin_url {
+            text.push_str(&format!("admin on http://{admin}\n"));
+        }
         if let Some(demo) = &demo {
             text.push('\n');
             text.push_str(&demo.instructions(&url));
@@ -382,6 +396,9 @@ async fn run(
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
             .map_err(|err| format!("cannot write to stdout: {err}"))?;
+    }
+    if let Some(ready) = admin_ready {
+        ready(workers.gateways.clone());
     }
     let threads = workers.gateways.len();
     tracing::info!(%addr, rules = plan.rules.len(), threads, "gateway started");

@@ -4,11 +4,8 @@
 //! 127.0.0.1 by the client.
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -21,7 +18,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
 mod gateway_process;
-use gateway_process::{PATIENCE, TempFile, drain, gateway_bin, run_gateway};
+use gateway_process::{PATIENCE, TempFile, run_gateway, start_lines as start};
 
 // ----- Certificates. -----
 
@@ -94,68 +91,6 @@ async fn backend(name: &'static str) -> SocketAddr {
         }
     });
     addr
-}
-
-/// A running gateway with several listening lines; killed when dropped.
-struct Running {
-    child: Child,
-    /// One URL per port, in the order printed.
-    urls: Vec<String>,
-    stderr: Arc<Mutex<String>>,
-    config: TempFile,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn port(&self, index: usize) -> u16 {
-        self.urls[index].rsplit(':').next().unwrap().parse().unwrap()
-    }
-
-    /// Waits until the log shows `text` (for live changes).
-    async fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.stderr.lock().unwrap().contains(text) {
-            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{}", self.stderr.lock().unwrap());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Starts the gateway on `config` and reads its `lines` listening lines.
-async fn start(config: &str, lines: usize) -> Running {
-    let file = TempFile::new(config);
-    let mut child = Command::new(gateway_bin())
-        .arg("--config")
-        .arg(&file.0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = drain(child.stderr.take().unwrap());
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        let mut read = BufReader::new(stdout).lines();
-        let first: Vec<String> = read.by_ref().take(lines).map_while(Result::ok).collect();
-        let _ = tx.send(first);
-        for _ in read {}
-    });
-    let urls = tokio::time::timeout(PATIENCE, rx).await.ok().and_then(Result::ok);
-    let mut running = Running { child, urls: Vec::new(), stderr, config: file };
-    let Some(urls) = urls.filter(|u| u.len() == lines) else {
-        panic!("no listening lines; stderr:\n{}", running.stderr.lock().unwrap());
-    };
-    running.urls = urls
-        .iter()
-        .map(|line| line.strip_prefix("listening on ").expect("a listening line").to_owned())
-        .collect();
-    running
 }
 
 /// A gateway with an HTTP listener and one HTTPS listener holding both certificates

@@ -19,6 +19,7 @@ use tower_session_persistence::policy::{
 };
 use tower_session_persistence::token::SignedCodec;
 
+use crate::admin;
 use crate::balancing::{self, Balancing};
 use crate::edge::{self, Edge};
 use crate::persistence::{self, Extension, Persistence};
@@ -57,6 +58,8 @@ struct File {
     /// `kind: Secret` manifests holding the listeners' certificates.
     #[serde(default)]
     secrets: Vec<tls::SecretConfig>,
+    /// The admin port: metrics, health.
+    admin: Option<admin::AdminConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,6 +197,8 @@ pub(crate) struct Plan {
     pub(crate) rules: Vec<RulePlan>,
     /// The listeners of `gateways:`; `None` without it (one HTTP listener on `listen`).
     pub(crate) listeners: Option<Listeners>,
+    /// Where the admin port listens, when there is one.
+    pub(crate) admin: Option<SocketAddr>,
 }
 
 /// One `HTTPRoute` rule.
@@ -323,6 +328,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         Some(keys) => (decode_keys(keys)?, false),
         None => (random_key()?, true),
     };
+    let admin = admin::check(file.admin.as_ref())?;
     let services = check_services(&file.services)?;
     let secrets = tls::check_secrets(&file.secrets)?;
     let listeners = file
@@ -358,7 +364,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
             }
         }
     }
-    Ok(Plan { listen, keys, ephemeral_key, edge, rules, listeners })
+    Ok(Plan { listen, keys, ephemeral_key, edge, rules, listeners, admin })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.

@@ -29,7 +29,7 @@ use tower_session_persistence::strategy::Url;
 use crate::config::{EndpointPlan, Plan, RulePlan};
 use crate::proxy::{ClientAddr, RequestHost, ServedByEndpoint, Upstream, Upstreams};
 use crate::routing::{ArrivedOn, RouteTable, normalize_host};
-use crate::{access_log, failure};
+use crate::{access_log, admin, failure};
 
 /// A rule's whole stack, whatever its layers.
 type RuleService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -133,6 +133,24 @@ impl Gateway {
             rule.apply(new, &mut applied);
         }
         applied
+    }
+
+    /// Every endpoint of every rule as this thread's balancers see it: its service, its key,
+    /// its state and its requests in flight (for the admin port).
+    pub(crate) fn endpoints(&self) -> Vec<(String, Key, EndpointState, usize)> {
+        let mut all = Vec::new();
+        for rule in self.table.targets() {
+            let Some(balancer) = &rule.balancer else { continue };
+            let current = rule.current.lock().unwrap_or_else(PoisonError::into_inner);
+            for backend in current.iter() {
+                for key in backend.endpoints.keys() {
+                    let Some(state) = balancer.state(key) else { continue };
+                    let in_flight = balancer.in_flight(key).unwrap_or(0);
+                    all.push((backend.service.clone(), key.clone(), state, in_flight));
+                }
+            }
+        }
+        all
     }
 
     pub(crate) async fn ready(&self, limit: Duration) -> bool {
@@ -359,9 +377,11 @@ impl Service<Request<Body>> for Gateway {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = access_log::Logged<
-        futures_util::future::Either<
-            Oneshot<RuleService, Request<Body>>,
-            std::future::Ready<Result<Response<Body>, Infallible>>,
+        admin::Measured<
+            futures_util::future::Either<
+                Oneshot<RuleService, Request<Body>>,
+                std::future::Ready<Result<Response<Body>, Infallible>>,
+            >,
         >,
     >;
 
@@ -373,10 +393,8 @@ impl Service<Request<Body>> for Gateway {
         let refuse = |req: &Request<Body>, status: StatusCode, reason: &str| {
             let entry = access_log::Entry::start(req, None, None);
             let answer = failure::text(status, reason);
-            access_log::Logged::new(
-                futures_util::future::Either::Right(std::future::ready(Ok(answer))),
-                entry,
-            )
+            let answer = futures_util::future::Either::Right(std::future::ready(Ok(answer)));
+            access_log::Logged::new(admin::Measured::new(answer, None), entry)
         };
         // One host per request: two `Host` headers, or an authority that disagrees with
         // `Host`, could route by one host and reach the backend with the other.
@@ -409,6 +427,7 @@ impl Service<Request<Body>> for Gateway {
                 "no route matches this request",
             )))),
         };
+        let future = admin::Measured::new(future, rule.map(|rule| rule.scope.as_str()));
         access_log::Logged::new(future, entry)
     }
 }

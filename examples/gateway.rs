@@ -181,6 +181,8 @@ mod demo;
 mod edge;
 #[path = "gateway/failure.rs"]
 mod failure;
+#[path = "gateway/grpc.rs"]
+mod grpc;
 #[path = "gateway/listeners.rs"]
 mod listeners;
 #[path = "gateway/persistence.rs"]

@@ -325,3 +325,81 @@ routes:
     let [one, two] = two_fresh_calls_at_once(&gw.url, &hold).await;
     assert_ne!(one, two, "two calls without a session, at once, reached the same backend");
 }
+
+/// A `GRPCRoute` as Gateway API users write it: a rule matching `test.Greeter/SayHello` with
+/// header persistence, a rule for another service, and a method no rule matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_route_matches_methods_and_keeps_sessions() {
+    let hold = Arc::new(Hold::default());
+    let mut endpoints = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        endpoints.push(format!("\"{}\"", grpc_backend(name, &hold).await));
+    }
+    let other = grpc_backend("other", &hold).await;
+    let config = format!(
+        "keys: [\"{key}\"]
+services:
+  - {{name: greeter, appProtocol: kubernetes.io/h2c, endpoints: [{endpoints}]}}
+  - {{name: other, appProtocol: kubernetes.io/h2c, endpoints: ['{other}']}}
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: GRPCRoute
+    metadata: {{name: greeter}}
+    spec:
+      rules:
+        - matches: [{{method: {{service: test.Greeter, method: SayHello}}}}]
+          backendRefs: [{{name: greeter, port: 50051}}]
+          sessionPersistence: {{type: Header, header: {{name: x-session}}}}
+        - matches: [{{method: {{service: test.Other}}}}]
+          backendRefs: [{{name: other}}]
+",
+        key = "A".repeat(44),
+        endpoints = endpoints.join(", "),
+    );
+    let gw = gateway_process::start_gateway(&config).await;
+    let channel = connect(&gw.url).await;
+    let (first, session) = say_hello(&channel, None).await;
+    assert_ne!(first, "other", "SayHello is the greeter rule's");
+    let session = session.expect("the first answer carries x-session in its metadata");
+    for _ in 0..10 {
+        let (backend, again) = say_hello(&channel, Some(&session)).await;
+        assert_eq!(backend, first);
+        assert!(again.is_none(), "an unchanged session is not re-issued");
+    }
+    // A method of no rule: the gateway's 404, which gRPC reports as unimplemented.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let req = tonic::Request::new(HelloRequest { name: "x".into() });
+    let codec = ProstCodec::<HelloRequest, HelloReply>::default();
+    let status = grpc.unary(req, "/test.Greeter/Other".parse().unwrap(), codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+}
+
+/// What a GRPCRoute cannot say is refused, naming the field.
+#[test]
+fn grpc_route_config_errors_name_the_field() {
+    let check = |rule: &str, app_protocol: &str| {
+        let config = format!(
+            "services: [{{name: g, appProtocol: {app_protocol}, endpoints: ['127.0.0.1:9']}}]
+routes:
+  - {{apiVersion: gateway.networking.k8s.io/v1, kind: GRPCRoute, metadata: {{name: r}}, spec: {{rules: [{rule}]}}}}
+"
+        );
+        let file = gateway_process::TempFile::new(&config);
+        let (status, _, stderr) =
+            gateway_process::run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
+        (status.success(), stderr)
+    };
+    assert!(check("{backendRefs: [{name: g}]}", "kubernetes.io/h2c").0);
+    for (rule, protocol, expected) in [
+        ("{backendRefs: [{name: g}]}", "http", "routes[0].spec.rules[0].backendRefs[0].name: service \"g\" speaks HTTP/1.1"),
+        ("{matches: [{method: {method: SayHello}}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].method.service: is required"),
+        ("{matches: [{method: {type: RegularExpression, service: a}}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].method.type: "),
+        ("{matches: [{path: {value: /a}}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].path: a GRPCRoute matches a method"),
+        ("{matches: [{headers: [{name: a, value: b}]}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].headers: is not supported"),
+    ] {
+        let (ok, stderr) = check(rule, protocol);
+        assert!(!ok, "accepted: {rule}");
+        assert!(stderr.contains(&format!("config error: {expected}")), "{rule}: {stderr}");
+    }
+}

@@ -22,6 +22,7 @@ use tower_session_persistence::token::SignedCodec;
 use crate::admin;
 use crate::balancing::{self, Balancing};
 use crate::edge::{self, Edge};
+use crate::grpc;
 use crate::persistence::{self, Extension, Persistence};
 use crate::listeners::{self, Listeners};
 use crate::routing::{Attachment, Hostname, PathMatch};
@@ -159,6 +160,14 @@ struct RuleConfig {
 #[serde(deny_unknown_fields)]
 struct MatchConfig {
     path: Option<PathConfig>,
+    /// `GRPCRoute` only.
+    method: Option<grpc::MethodMatch>,
+    /// Named so that the error says it is not supported.
+    #[allow(dead_code)]
+    headers: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(rename = "queryParams")]
+    query_params: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -503,12 +512,16 @@ fn check_route(
             format!("{:?} is not {}", route.api_version, API_VERSIONS.join(" or ")),
         ));
     }
-    if route.kind != "HTTPRoute" {
-        return Err(ConfigError::new(
-            format!("{at}.kind"),
-            format!("{:?} is not HTTPRoute", route.kind),
-        ));
-    }
+    let grpc = match route.kind.as_str() {
+        "HTTPRoute" => false,
+        "GRPCRoute" => true,
+        other => {
+            return Err(ConfigError::new(
+                format!("{at}.kind"),
+                format!("{other:?} is not HTTPRoute or GRPCRoute"),
+            ));
+        }
+    };
     let name = &route.metadata.name;
     check_object_name(name, 253, '.')
         .map_err(|m| ConfigError::new(format!("{at}.metadata.name"), m))?;
@@ -536,7 +549,7 @@ fn check_route(
         let scope = format!("{namespace}/{name}/{i}");
         let default_name = format!("sp-{namespace}-{name}-{i}");
         let mut plan =
-            check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services)?;
+            check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services, grpc)?;
         if let Some(persistence) = &mut plan.persistence {
             persistence.resolve_scope(namespace, &plan.scope);
         }
@@ -618,17 +631,41 @@ fn check_rule(
     default_name: &str,
     hostnames: Vec<Hostname>,
     services: &Services,
+    grpc: bool,
 ) -> Result<RulePlan, ConfigError> {
     let mut matches = Vec::new();
     for (m, config) in rule.matches.iter().flatten().enumerate() {
+        let at = format!("{at}.matches[{m}]");
+        if config.headers.is_some() || config.query_params.is_some() {
+            let field = if config.headers.is_some() { "headers" } else { "queryParams" };
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                "is not supported: rules match on the path (HTTPRoute) or the method (GRPCRoute)",
+            ));
+        }
+        match (grpc, &config.path, &config.method) {
+            (true, Some(_), _) => {
+                return Err(ConfigError::new(format!("{at}.path"), "a GRPCRoute matches a method"));
+            }
+            (false, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.method"),
+                    "an HTTPRoute matches a path (method matches are GRPCRoute's)",
+                ));
+            }
+            (true, None, method) => {
+                let any = grpc::MethodMatch::default();
+                matches.push(grpc::path_match(method.as_ref().unwrap_or(&any), &format!("{at}.method"))?);
+                continue;
+            }
+            (false, _, None) => {}
+        }
         let path = config.path.as_ref();
         let parsed = PathMatch::parse(
             path.and_then(|p| p.kind.as_deref()),
             path.and_then(|p| p.value.as_deref()),
         )
-        .map_err(|(field, message)| {
-            ConfigError::new(format!("{at}.matches[{m}].path.{field}"), message)
-        })?;
+        .map_err(|(field, message)| ConfigError::new(format!("{at}.path.{field}"), message))?;
         matches.push(parsed);
     }
     if matches.is_empty() {
@@ -662,6 +699,16 @@ fn check_rule(
                 format!("service {:?} is already referenced by backendRefs[{first}]", backend.name),
             ));
         }
+        if grpc && endpoints.iter().any(|endpoint| !endpoint.h2c) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!(
+                    "service {:?} speaks HTTP/1.1; a GRPCRoute needs HTTP/2 to its backends: \
+                     give the service appProtocol: kubernetes.io/h2c",
+                    backend.name
+                ),
+            ));
+        }
         let weight = backend.weight.unwrap_or(1);
         if weight > MAX_WEIGHT {
             return Err(ConfigError::new(
@@ -689,6 +736,12 @@ fn check_rule(
     };
     let on_unavailable = persistence::on_unavailable(extension);
     let balancing = balancing::check(rule.balancer.as_ref(), at)?;
+    if grpc && rule.filters.is_some() {
+        return Err(ConfigError::new(
+            format!("{at}.filters"),
+            "are not supported on a GRPCRoute rule",
+        ));
+    }
     let redirect = redirect::check(rule.filters.as_deref(), at)?;
     if redirect.is_some() && !backends.is_empty() {
         return Err(ConfigError::new(

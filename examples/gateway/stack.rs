@@ -422,10 +422,11 @@ impl Service<Request<Body>> for Gateway {
         req.extensions_mut().insert(RequestHost(host));
         let future = match rule {
             Some(rule) => futures_util::future::Either::Left(rule.service.clone().oneshot(req)),
-            None => futures_util::future::Either::Right(std::future::ready(Ok(failure::text(
-                StatusCode::NOT_FOUND,
-                "no route matches this request",
-            )))),
+            None => futures_util::future::Either::Right(std::future::ready(Ok(
+                crate::grpc::no_route(&req).unwrap_or_else(|| {
+                    failure::text(StatusCode::NOT_FOUND, "no route matches this request")
+                }),
+            ))),
         };
         let future = admin::Measured::new(future, rule.map(|rule| rule.scope.as_str()));
         access_log::Logged::new(future, entry)

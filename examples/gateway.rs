@@ -13,12 +13,19 @@
 //! gateway --config FILE --check    validate the file and exit
 //! options:
 //!   --listen ADDR                  listen on ADDR (IP:port); overrides the file and the
-//!                                  demo's 127.0.0.1:8080; port 0 picks a free port
+//!                                  demo's 127.0.0.1:8080; port 0 picks a free port. Refused
+//!                                  (exit 1) when the file has `gateways:`: the listeners
+//!                                  say where to listen
 //!   -h, --help                     usage
 //! ```
 //!
 //! Once it listens, the gateway prints exactly one line on stdout, and flushes it:
-//! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). Logs go
+//! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). With
+//! `gateways:` it prints one such line per port, `listening on SCHEME://IP:PORT` (`http` or
+//! `https`), in the order the ports first appear among the listeners in the file (listeners
+//! that share an address and port share a line; a `port: 0` listener has a port, and a line,
+//! of its own); the first line still names the first listener. With `admin:` one more line
+//! follows: `admin on http://IP:PORT`. Nothing else comes before these lines. Logs go
 //! to stderr, filtered by `RUST_LOG` (default `info`), with one access-log line per request on
 //! the `access` target:
 //! `127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001`
@@ -69,17 +76,51 @@
 //!                                     # id: the endpoint's key in tokens (HAProxy's
 //!                                     # `server … cookie s3`), default `<service>/<address>`;
 //!                                     # draining: no new sessions, its sessions stay
-//! routes:                          # Gateway API HTTPRoute manifests
+//! admin: {listen: 127.0.0.1:9901}  # optional (off when absent; loopback by default): GET
+//!                                  # /metrics (Prometheus text), /healthz (alive), /readyz
+//!                                  # (listeners serving, at least one endpoint not ejected)
+//! gateways:                        # optional Gateway API Gateway manifests: the listeners.
+//!                                  # Absent: one HTTP listener on `listen`
+//!   - apiVersion: gateway.networking.k8s.io/v1
+//!     kind: Gateway
+//!     metadata: {name: edge, namespace: default}
+//!     spec:
+//!       addresses: [{type: IPAddress, value: 127.0.0.1}]  # else `listen`'s IP, else 0.0.0.0
+//!       listeners:                    # listeners on one port: one protocol, distinct hostnames
+//!         - {name: http, protocol: HTTP, port: 8080, hostname: shop.example}
+//!         - name: https
+//!           protocol: HTTPS           # TLS terminated here: ALPN h2 and http/1.1, TLS 1.2/1.3
+//!           port: 8443                # 0: a free port (our extension, for tests)
+//!           hostname: "*.shop.example" # optional; SNI and the request's host choose
+//!           tls: {mode: Terminate, certificateRefs: [{kind: Secret, name: shop-tls}]}
+//!           allowedRoutes: {namespaces: {from: Same}}  # Same (default) or All
+//! secrets:                         # kind: Secret, type: kubernetes.io/tls, as kubectl takes it
+//!   - apiVersion: v1
+//!     kind: Secret
+//!     type: kubernetes.io/tls
+//!     metadata: {name: shop-tls}
+//!     data: {tls.crt: "<base64 PEM>", tls.key: "<base64 PEM>"}   # or stringData: PEM text
+//!                                  # several certificateRefs: SNI picks by the certificates'
+//!                                  # names (exact, then wildcard); an expired one warns
+//! routes:                          # Gateway API HTTPRoute and GRPCRoute manifests
 //!   - apiVersion: gateway.networking.k8s.io/v1        # or v1beta1
 //!     kind: HTTPRoute
 //!     metadata: {name: shop, namespace: default}      # namespace optional ("default");
 //!                                                     # labels, annotations ignored
 //!     spec:
 //!       hostnames: ["shop.example", "*.shop.example"] # optional: absent = any host
-//!       parentRefs: [{name: gw}]                      # accepted and ignored
+//!       parentRefs: [{name: edge, sectionName: https}] # with gateways: the listeners it
+//!                                                     # attaches to (name, namespace,
+//!                                                     # sectionName, port; absent: all);
+//!                                                     # the listener's hostname meets the
+//!                                                     # route's. Without gateways: ignored
 //!       rules:
 //!         - matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
 //!                                                     # absent = PathPrefix /
+//!           filters: [{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443,
+//!                      statusCode: 301}}]             # optional: answer with a redirect
+//!                                                     # (scheme, hostname, port; 302 by
+//!                                                     # default) instead of backendRefs
 //!           backendRefs:                              # weight default 1, 0 to 1000000;
 //!             - {name: echo-v1, port: 80, weight: 70} # port ignored; kind Service only
 //!             - {name: echo-v2, port: 80, weight: 30}
@@ -136,6 +177,12 @@
 //! `sessionPersistence` adds no cookie or header and leaves the backend's headers alone; a rule
 //! without `backendRefs` answers 500.
 //!
+//! A `kind: GRPCRoute` in `routes` has rules with `matches: [{method: {service: pkg.Svc,
+//! method: Call}}]` (`Exact`; `service` alone matches all its methods; no matches: all),
+//! `backendRefs` to Services with `appProtocol: kubernetes.io/h2c`, and `sessionPersistence`
+//! (`type: Header` carries the session in the calls' metadata); a call no rule matches gets
+//! `grpc-status: 12` (UNIMPLEMENTED).
+//!
 //! # Live changes
 //!
 //! With `--config`, the file is read again when it changes (checked once a second) and on
@@ -143,15 +190,18 @@
 //! (their sessions re-pin, per `onUnavailable`), marked `draining` or serving again, and
 //! `backendRefs` weights. No session whose endpoint is unchanged moves. Other changes (routes,
 //! matches, persistence, keys) are logged as needing a restart and are not applied; a file that
-//! fails its checks is logged and changes nothing.
+//! fails its checks is logged and changes nothing. Certificates change live too: editing a
+//! Secret swaps it for new TLS handshakes, and established connections keep going (listeners
+//! themselves, their ports and hostnames, need a restart).
 //!
 //! # Routing and forwarding
 //!
 //! Among the rules matching a request, the one with the most specific hostname wins, then an
 //! `Exact` path over a `PathPrefix`, then the longer prefix, then the earlier rule in the file.
 //! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`). No match:
-//! `404`. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
-//! `X-Forwarded-Proto: http` and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
+//! `404`. With `gateways:`, only the rules attached to the listener a request came in on
+//! match it. The backend gets the client's `Host`, `X-Forwarded-For` (appended to),
+//! `X-Forwarded-Proto` (`https` on HTTPS listeners) and `X-Forwarded-Host`; hop-by-hop headers are removed both ways;
 //! bodies stream; HTTP/1.1 upgrades (WebSocket) are pinned like any request and tunnelled after
 //! the backend's `101`. Errors: the session's endpoint unavailable under
 //! `onUnavailable: reject` → `503`; no endpoint → `503`; timeout → `504`; connection refused or

@@ -136,8 +136,9 @@ routes:
     assert_eq!(all.get(&format!("gateway_endpoint_in_flight{{{endpoint_labels}}}")), Some(&0.0));
     // Neither the token nor the client's address is a label.
     assert!(!text.contains(&token) && !text.contains("forged-token"), "{text}");
-    let client_ip_labels =
-        text.lines().filter(|l| !l.starts_with('#') && l.contains("127.0.0.1") && !l.contains(&endpoint));
+    let client_ip_labels = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("127.0.0.1") && !l.contains(&endpoint));
     assert_eq!(client_ip_labels.count(), 0, "{text}");
 
     let health = client.get(format!("{admin}/healthz")).send().await.unwrap();
@@ -162,7 +163,8 @@ routes:
     );
     let gateway = start_lines(&config, 1).await;
     assert!(gateway.urls[0].starts_with("http://"));
-    let file = TempFile::new(&config.replace("listen: 127.0.0.1:0\n", "admin: {listen: 'localhost:1'}\n"));
+    let file =
+        TempFile::new(&config.replace("listen: 127.0.0.1:0\n", "admin: {listen: 'localhost:1'}\n"));
     let (status, _, stderr) = run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
     assert!(!status.success());
     assert!(stderr.contains("config error: admin.listen: "), "{stderr}");

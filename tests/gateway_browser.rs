@@ -45,20 +45,21 @@ async fn backend(name: &'static str) -> SocketAddr {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let (kind, body) = if req.uri().path() == "/page" {
-                        ("text/html", PAGE.to_owned())
-                    } else {
-                        ("text/plain", name.to_owned())
-                    };
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("content-type", kind)
-                            .header("cache-control", "no-store")
-                            .body(Full::new(Bytes::from(body)))
-                            .unwrap(),
-                    )
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                        let (kind, body) = if req.uri().path() == "/page" {
+                            ("text/html", PAGE.to_owned())
+                        } else {
+                            ("text/plain", name.to_owned())
+                        };
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("content-type", kind)
+                                .header("cache-control", "no-store")
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;

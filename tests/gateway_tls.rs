@@ -34,7 +34,11 @@ fn cert(names: &[&str]) -> Cert {
         names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
     )
     .unwrap();
-    Cert { pem: made.cert.pem(), key: made.signing_key.serialize_pem(), der: made.cert.der().clone() }
+    Cert {
+        pem: made.cert.pem(),
+        key: made.signing_key.serialize_pem(),
+        der: made.cert.der().clone(),
+    }
 }
 
 fn expired_cert(name: &str) -> Cert {
@@ -70,20 +74,21 @@ async fn backend(name: &'static str) -> SocketAddr {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                    let proto = req
-                        .headers()
-                        .get("x-forwarded-proto")
-                        .map(|v| v.to_str().unwrap_or("?").to_owned())
-                        .unwrap_or_default();
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("x-backend", name)
-                            .header("x-seen-proto", proto)
-                            .body(Full::new(Bytes::from(name)))
-                            .unwrap(),
-                    )
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                        let proto = req
+                            .headers()
+                            .get("x-forwarded-proto")
+                            .map(|v| v.to_str().unwrap_or("?").to_owned())
+                            .unwrap_or_default();
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("x-backend", name)
+                                .header("x-seen-proto", proto)
+                                .body(Full::new(Bytes::from(name)))
+                                .unwrap(),
+                        )
+                    });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -223,14 +228,16 @@ async fn sni_chooses_the_certificate_and_alpn_and_versions_hold() {
     let port = gateway.port(1);
     let all = [&rustls::version::TLS13, &rustls::version::TLS12];
 
-    let to_shop = handshake(port, "shop.example", &[&shop], &[b"h2", b"http/1.1"], &all).await.unwrap();
+    let to_shop =
+        handshake(port, "shop.example", &[&shop], &[b"h2", b"http/1.1"], &all).await.unwrap();
     assert_eq!(peer_cert(&to_shop), shop.der, "exact name");
     assert_eq!(to_shop.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let to_api = handshake(port, "v2.api.example", &[&api], &[b"http/1.1"], &all).await.unwrap();
     assert_eq!(peer_cert(&to_api), api.der, "wildcard name");
     assert_eq!(to_api.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     // TLS 1.2 only: still served (with an AEAD suite).
-    let old = handshake(port, "shop.example", &[&shop], &[], &[&rustls::version::TLS12]).await.unwrap();
+    let old =
+        handshake(port, "shop.example", &[&shop], &[], &[&rustls::version::TLS12]).await.unwrap();
     assert_eq!(old.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
     // A name no certificate has: the listener's first certificate, which the client refuses.
     let other = handshake(port, "other.example", &[&shop, &api], &[], &all).await;
@@ -271,7 +278,9 @@ secrets:
     let ok = client.get(format!("https://shop.example:{}/", addr.port())).send().await.unwrap();
     assert_eq!(ok.status(), 200);
     // The listener's hostname is shop.example: its SNI table has no other name.
-    let other = handshake(addr.port(), "v1.api.example", &[&shop, &api], &[], &[&rustls::version::TLS13]).await;
+    let other =
+        handshake(addr.port(), "v1.api.example", &[&shop, &api], &[], &[&rustls::version::TLS13])
+            .await;
     assert!(other.is_err(), "a host outside the listener's hostname must not be served");
 }
 
@@ -288,7 +297,8 @@ async fn editing_the_secret_swaps_the_certificate_without_dropping_connections()
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(connection);
-    let get = || Request::get("/").header("host", "shop.example").body(Empty::<Bytes>::new()).unwrap();
+    let get =
+        || Request::get("/").header("host", "shop.example").body(Empty::<Bytes>::new()).unwrap();
     assert_eq!(sender.send_request(get()).await.unwrap().status(), 200);
 
     // The Secret is edited (atomically, as a ConfigMap update or an editor would).
@@ -449,20 +459,44 @@ routes:
     let http = "[{name: web, protocol: HTTP, port: 8080}]";
     assert!(check(&base(http, "[{name: edge}]")).0);
     let cases = [
-        (base(http, "[{name: other}]"), "routes[0].spec.parentRefs[0].name: no Gateway named default/other"),
-        (base(http, "[{name: edge, sectionName: api}]"), "routes[0].spec.parentRefs[0].sectionName: Gateway default/edge has no listener named \"api\""),
+        (
+            base(http, "[{name: other}]"),
+            "routes[0].spec.parentRefs[0].name: no Gateway named default/other",
+        ),
+        (
+            base(http, "[{name: edge, sectionName: api}]"),
+            "routes[0].spec.parentRefs[0].sectionName: Gateway default/edge has no listener named \"api\"",
+        ),
         (base(http, "[{name: edge, port: 9}]"), "routes[0].spec.parentRefs[0].port: "),
         (
-            base("[{name: web, protocol: HTTP, port: 8080, hostname: api.example}]", "[{name: edge}]"),
+            base(
+                "[{name: web, protocol: HTTP, port: 8080, hostname: api.example}]",
+                "[{name: edge}]",
+            ),
             "routes[0].spec.parentRefs: the route attaches to no listener",
         ),
-        (base("[{name: web, protocol: TCP, port: 8080}]", "[]"), "gateways[0].spec.listeners[0].protocol: \"TCP\" is not supported"),
         (
-            base("[{name: a, protocol: HTTP, port: 8080}, {name: b, protocol: HTTPS, port: 8080, tls: {certificateRefs: []}}]", "[]"),
+            base("[{name: web, protocol: TCP, port: 8080}]", "[]"),
+            "gateways[0].spec.listeners[0].protocol: \"TCP\" is not supported",
+        ),
+        (
+            base(
+                "[{name: a, protocol: HTTP, port: 8080}, {name: b, protocol: HTTPS, port: 8080, tls: {certificateRefs: []}}]",
+                "[]",
+            ),
             "gateways[0].spec.listeners[1].tls.certificateRefs: must name at least one Secret",
         ),
-        (base("[{name: web, protocol: HTTPS, port: 8443}]", "[]"), "gateways[0].spec.listeners[0].tls: an HTTPS listener needs tls"),
-        (base("[{name: web, protocol: HTTP, port: 80}, {name: web, protocol: HTTP, port: 81}]", "[]"), "gateways[0].spec.listeners[1].name: another listener"),
+        (
+            base("[{name: web, protocol: HTTPS, port: 8443}]", "[]"),
+            "gateways[0].spec.listeners[0].tls: an HTTPS listener needs tls",
+        ),
+        (
+            base(
+                "[{name: web, protocol: HTTP, port: 80}, {name: web, protocol: HTTP, port: 81}]",
+                "[]",
+            ),
+            "gateways[0].spec.listeners[1].name: another listener",
+        ),
     ];
     for (config, expected) in cases {
         let (ok, stderr) = check(&config);
@@ -471,7 +505,8 @@ routes:
     }
     // --listen cannot stand for a Gateway's listeners.
     let file = TempFile::new(&base(http, "[]"));
-    let (status, _, stderr) = run_gateway(&["--config", file.0.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let (status, _, stderr) =
+        run_gateway(&["--config", file.0.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--listen: the file has gateways:"), "{stderr}");
 }
@@ -519,11 +554,8 @@ secrets:
         .resolve("shop.example", http)
         .build()
         .unwrap();
-    let res = plain
-        .get(format!("http://shop.example:{}/cart?item=1", http.port()))
-        .send()
-        .await
-        .unwrap();
+    let res =
+        plain.get(format!("http://shop.example:{}/cart?item=1", http.port())).send().await.unwrap();
     assert_eq!(res.status(), 301);
     assert_eq!(res.headers()["location"], "https://shop.example:8443/cart?item=1");
     assert!(res.headers().get("set-cookie").is_none(), "a redirect is no session");
@@ -532,7 +564,8 @@ secrets:
     assert_eq!(res.status(), 404);
     // The HTTPS listener serves the backend, not the redirect.
     let client = client(&[&shop], &[("shop.example", https)]);
-    let res = client.get(format!("https://shop.example:{}/cart", https.port())).send().await.unwrap();
+    let res =
+        client.get(format!("https://shop.example:{}/cart", https.port())).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-backend"], "one");
 }

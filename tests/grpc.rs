@@ -392,11 +392,31 @@ routes:
     };
     assert!(check("{backendRefs: [{name: g}]}", "kubernetes.io/h2c").0);
     for (rule, protocol, expected) in [
-        ("{backendRefs: [{name: g}]}", "http", "routes[0].spec.rules[0].backendRefs[0].name: service \"g\" speaks HTTP/1.1"),
-        ("{matches: [{method: {method: SayHello}}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].method.service: is required"),
-        ("{matches: [{method: {type: RegularExpression, service: a}}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].method.type: "),
-        ("{matches: [{path: {value: /a}}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].path: a GRPCRoute matches a method"),
-        ("{matches: [{headers: [{name: a, value: b}]}], backendRefs: [{name: g}]}", "kubernetes.io/h2c", "routes[0].spec.rules[0].matches[0].headers: is not supported"),
+        (
+            "{backendRefs: [{name: g}]}",
+            "http",
+            "routes[0].spec.rules[0].backendRefs[0].name: service \"g\" speaks HTTP/1.1",
+        ),
+        (
+            "{matches: [{method: {method: SayHello}}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].method.service: is required",
+        ),
+        (
+            "{matches: [{method: {type: RegularExpression, service: a}}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].method.type: ",
+        ),
+        (
+            "{matches: [{path: {value: /a}}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].path: a GRPCRoute matches a method",
+        ),
+        (
+            "{matches: [{headers: [{name: a, value: b}]}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].headers: is not supported",
+        ),
     ] {
         let (ok, stderr) = check(rule, protocol);
         assert!(!ok, "accepted: {rule}");

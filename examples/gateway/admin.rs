@@ -219,8 +219,11 @@ async fn metrics_page(
                     ("endpoint", labels[1].1.clone()),
                     ("state", name.to_owned()),
                 ];
-                metrics::gauge!("gateway_endpoint_state", &labels)
-                    .set(if state == each { 1.0 } else { 0.0 });
+                metrics::gauge!("gateway_endpoint_state", &labels).set(if state == each {
+                    1.0
+                } else {
+                    0.0
+                });
             }
         }
     }

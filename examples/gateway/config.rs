@@ -23,10 +23,10 @@ use crate::admin;
 use crate::balancing::{self, Balancing};
 use crate::edge::{self, Edge};
 use crate::grpc;
-use crate::persistence::{self, Extension, Persistence};
 use crate::listeners::{self, Listeners};
-use crate::routing::{Attachment, Hostname, PathMatch};
+use crate::persistence::{self, Extension, Persistence};
 use crate::redirect::{self, Redirect};
+use crate::routing::{Attachment, Hostname, PathMatch};
 use crate::tls;
 
 /// Where the gateway listens when neither the file nor `--listen` says.
@@ -343,7 +343,9 @@ fn check(file: File) -> Result<Plan, ConfigError> {
     let listeners = file
         .gateways
         .as_deref()
-        .map(|gateways| listeners::check(gateways, &secrets, file.listen.as_ref().map(|_| listen.ip())))
+        .map(|gateways| {
+            listeners::check(gateways, &secrets, file.listen.as_ref().map(|_| listen.ip()))
+        })
         .transpose()?;
     if file.routes.is_empty() {
         // An empty file, or one that forgot its routes: every request would get 404.
@@ -655,7 +657,10 @@ fn check_rule(
             }
             (true, None, method) => {
                 let any = grpc::MethodMatch::default();
-                matches.push(grpc::path_match(method.as_ref().unwrap_or(&any), &format!("{at}.method"))?);
+                matches.push(grpc::path_match(
+                    method.as_ref().unwrap_or(&any),
+                    &format!("{at}.method"),
+                )?);
                 continue;
             }
             (false, _, None) => {}

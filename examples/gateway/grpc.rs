@@ -30,7 +30,8 @@ pub(crate) fn path_match(method: &MethodMatch, at: &str) -> Result<PathMatch, Co
     let service_ok = |s: &str| {
         !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
     };
-    let method_ok = |m: &str| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let method_ok =
+        |m: &str| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if let Some(service) = method.service.as_deref().filter(|s| !service_ok(s)) {
         return Err(ConfigError::new(
             format!("{at}.service"),

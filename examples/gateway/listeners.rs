@@ -269,9 +269,8 @@ pub(crate) fn check(
             let addr = SocketAddr::new(ip, listener.port);
             let index = listeners.len();
             // Port 0 is a new port each time; others are shared by listeners that agree.
-            let shared = (listener.port != 0)
-                .then(|| ports.iter().position(|p| p.addr == addr))
-                .flatten();
+            let shared =
+                (listener.port != 0).then(|| ports.iter().position(|p| p.addr == addr)).flatten();
             let port = match shared {
                 Some(p) => {
                     let port = &mut ports[p];
@@ -313,11 +312,17 @@ fn check_listener(
 ) -> Result<ListenerPlan, ConfigError> {
     let name_ok = !listener.name.is_empty()
         && listener.name.len() <= 253
-        && listener.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        && listener
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     if !name_ok {
         return Err(ConfigError::new(
             format!("{at}.name"),
-            format!("{:?} is not a section name: lower-case letters, digits, '-' or '.'", listener.name),
+            format!(
+                "{:?} is not a section name: lower-case letters, digits, '-' or '.'",
+                listener.name
+            ),
         ));
     }
     let hostname = listener
@@ -393,7 +398,9 @@ fn check_listener(
         }
     };
     let mut kinds = Vec::new();
-    for (k, kind) in listener.allowed_routes.iter().flat_map(|a| a.kinds.iter().flatten()).enumerate() {
+    for (k, kind) in
+        listener.allowed_routes.iter().flat_map(|a| a.kinds.iter().flatten()).enumerate()
+    {
         let group_ok = kind.group.as_deref().is_none_or(|g| g == GATEWAY_API);
         if !group_ok || !matches!(kind.kind.as_str(), "HTTPRoute" | "GRPCRoute") {
             return Err(ConfigError::new(
@@ -444,7 +451,8 @@ pub(crate) fn attach(
                         "only Gateways (group gateway.networking.k8s.io) are parents here",
                     ));
                 }
-                let id = format!("{}/{}", parent.namespace.as_deref().unwrap_or(namespace), parent.name);
+                let id =
+                    format!("{}/{}", parent.namespace.as_deref().unwrap_or(namespace), parent.name);
                 let of_gateway: Vec<usize> = (0..listeners.listeners.len())
                     .filter(|&l| listeners.listeners[l].gateway == id)
                     .collect();
@@ -469,7 +477,9 @@ pub(crate) fn attach(
                     if chosen.is_empty() {
                         return Err(ConfigError::new(
                             format!("{at}.port"),
-                            format!("no listener of Gateway {id} (with that sectionName) has port {port}"),
+                            format!(
+                                "no listener of Gateway {id} (with that sectionName) has port {port}"
+                            ),
                         ));
                     }
                 }
@@ -486,11 +496,16 @@ pub(crate) fn attach(
         if listener.namespace.as_deref().is_some_and(|n| n != namespace)
             || !listener.kinds.iter().any(|k| k == kind)
         {
-            refused.push(format!("{}/{} does not allow this route (allowedRoutes)", listener.gateway, listener.name));
+            refused.push(format!(
+                "{}/{} does not allow this route (allowedRoutes)",
+                listener.gateway, listener.name
+            ));
             continue;
         }
         match intersect(listener.hostname.as_ref(), hostnames) {
-            Some(hostnames) => attachments.push(Attachment { port: Some(listener.port), hostnames }),
+            Some(hostnames) => {
+                attachments.push(Attachment { port: Some(listener.port), hostnames })
+            }
             None => refused.push(format!(
                 "{}/{}'s hostname does not meet the route's hostnames",
                 listener.gateway, listener.name
@@ -522,7 +537,11 @@ pub(crate) fn intersect(listener: Option<&Hostname>, route: &[Hostname]) -> Opti
             (Hostname::Exact(_), _) => host.clone(),
             (Hostname::Wildcard(_), Hostname::Exact(_)) => listener.clone(),
             (Hostname::Wildcard(a), Hostname::Wildcard(b)) => {
-                if a.len() >= b.len() { host.clone() } else { listener.clone() }
+                if a.len() >= b.len() {
+                    host.clone()
+                } else {
+                    listener.clone()
+                }
             }
         })
         .collect();

@@ -110,7 +110,10 @@ pub(crate) fn check(
             },
         };
         if config.port == Some(0) {
-            return Err(ConfigError::new(format!("{at}.requestRedirect.port"), "must be 1 to 65535"));
+            return Err(ConfigError::new(
+                format!("{at}.requestRedirect.port"),
+                "must be 1 to 65535",
+            ));
         }
         let status = match config.status_code.unwrap_or(302) {
             301 => StatusCode::MOVED_PERMANENTLY,
@@ -201,14 +204,23 @@ mod tests {
 
     #[test]
     fn locations_follow_the_gateway_api() {
-        let https = redirect("[{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]");
+        let https = redirect(
+            "[{type: RequestRedirect, requestRedirect: {scheme: https, statusCode: 301}}]",
+        );
         assert_eq!(https.status, StatusCode::MOVED_PERMANENTLY);
-        assert_eq!(location(&https, "shop.example:8080", Proto::Http, "/cart?x=1"), "https://shop.example/cart?x=1");
-        let port = redirect("[{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443}}]");
+        assert_eq!(
+            location(&https, "shop.example:8080", Proto::Http, "/cart?x=1"),
+            "https://shop.example/cart?x=1"
+        );
+        let port =
+            redirect("[{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443}}]");
         assert_eq!(port.status, StatusCode::FOUND);
         assert_eq!(location(&port, "shop.example", Proto::Http, "/"), "https://shop.example:8443/");
         let host = redirect("[{type: RequestRedirect, requestRedirect: {hostname: www.example}}]");
-        assert_eq!(location(&host, "shop.example:8080", Proto::Http, "/a"), "http://www.example:8080/a");
+        assert_eq!(
+            location(&host, "shop.example:8080", Proto::Http, "/a"),
+            "http://www.example:8080/a"
+        );
     }
 
     #[test]
@@ -218,10 +230,14 @@ mod tests {
             check(Some(&filters), "r").unwrap_err().to_string()
         };
         assert!(err("[{type: URLRewrite, urlRewrite: {}}]").starts_with("r.filters[0].type: "));
-        assert!(err("[{type: RequestRedirect, requestRedirect: {scheme: ftp}}]")
-            .starts_with("r.filters[0].requestRedirect.scheme: "));
-        assert!(err("[{type: RequestRedirect, requestRedirect: {statusCode: 307}}]")
-            .starts_with("r.filters[0].requestRedirect.statusCode: "));
+        assert!(
+            err("[{type: RequestRedirect, requestRedirect: {scheme: ftp}}]")
+                .starts_with("r.filters[0].requestRedirect.scheme: ")
+        );
+        assert!(
+            err("[{type: RequestRedirect, requestRedirect: {statusCode: 307}}]")
+                .starts_with("r.filters[0].requestRedirect.statusCode: ")
+        );
         assert!(err("[{type: RequestRedirect}]").starts_with("r.filters[0].requestRedirect: "));
     }
 }

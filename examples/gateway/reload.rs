@@ -12,8 +12,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use crate::config::{self, Plan};
-use crate::tls::Tls;
 use crate::stack::Gateway;
+use crate::tls::Tls;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -62,7 +62,10 @@ pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>, tls: Tls, runni
                     (Some(old), Some(new)) if old.same_shape(new) => {
                         let swapped = tls.apply(new);
                         if swapped > 0 {
-                            tracing::info!(ports = swapped, "certificates reloaded: new handshakes use them");
+                            tracing::info!(
+                                ports = swapped,
+                                "certificates reloaded: new handshakes use them"
+                            );
                         }
                     }
                     (None, None) => {}

@@ -33,12 +33,12 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
 };
 use tower_http::trace::TraceLayer;
-use tokio_rustls::TlsAcceptor;
 use tower_session_persistence::edge::Proto;
 use tracing::Level;
 

@@ -175,7 +175,9 @@ fn field(secret: &SecretConfig, at: &str, name: &str) -> Result<(Vec<u8>, String
     }
     Err(ConfigError::new(
         format!("{at}.data"),
-        format!("has no {name} (a kubernetes.io/tls Secret holds tls.crt and tls.key, in data or stringData)"),
+        format!(
+            "has no {name} (a kubernetes.io/tls Secret holds tls.crt and tls.key, in data or stringData)"
+        ),
     ))
 }
 
@@ -202,14 +204,17 @@ fn load(
         return Err(ConfigError::new(&crt_at, "holds no PEM CERTIFICATE block"));
     }
     let private = PrivateKeyDer::from_pem_slice(&key).map_err(|err| {
-        ConfigError::new(&key_at, format!("holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {err}"))
-    })?;
-    let (names, not_after) = read_certificate(&chain[0]).map_err(|m| ConfigError::new(&crt_at, m))?;
-    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|err| match err {
-        rustls::Error::InconsistentKeys(_) => ConfigError::new(
+        ConfigError::new(
             &key_at,
-            format!("is not the key of the certificate in {crt_at}"),
-        ),
+            format!("holds no PEM private key (PKCS#8, PKCS#1 or SEC1): {err}"),
+        )
+    })?;
+    let (names, not_after) =
+        read_certificate(&chain[0]).map_err(|m| ConfigError::new(&crt_at, m))?;
+    let certified = CertifiedKey::from_der(chain, private, provider).map_err(|err| match err {
+        rustls::Error::InconsistentKeys(_) => {
+            ConfigError::new(&key_at, format!("is not the key of the certificate in {crt_at}"))
+        }
         other => ConfigError::new(&key_at, format!("cannot be used: {other}")),
     })?;
     let now = std::time::SystemTime::now()
@@ -360,7 +365,8 @@ impl Tls {
             else {
                 continue;
             };
-            let mut current = resolver.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut current =
+                resolver.table.write().unwrap_or_else(std::sync::PoisonError::into_inner);
             if !current.same_as(&table) {
                 *current = Arc::new(table);
                 changed += 1;

@@ -215,7 +215,11 @@ impl Running {
     pub async fn wait_log(&self, text: &str) {
         let deadline = Instant::now() + PATIENCE;
         while !self.stderr.lock().unwrap().contains(text) {
-            assert!(Instant::now() < deadline, "no {text:?} in the log:\n{}", self.stderr.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.stderr.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -255,4 +259,3 @@ pub async fn start_lines(config: &str, lines: usize) -> Running {
         .collect();
     running
 }
-

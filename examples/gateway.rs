@@ -99,7 +99,8 @@
 //!     kind: Secret
 //!     type: kubernetes.io/tls
 //!     metadata: {name: shop-tls}
-//!     data: {tls.crt: "<base64 PEM>", tls.key: "<base64 PEM>"}   # or stringData: PEM text
+//!     data: {tls.crt: "<base64 of the certificate PEM>", tls.key: "<base64 of the key PEM>"}
+//!                                  # or stringData: the PEM text itself
 //!                                  # several certificateRefs: SNI picks by the certificates'
 //!                                  # names (exact, then wildcard); an expired one warns
 //! routes:                          # Gateway API HTTPRoute and GRPCRoute manifests
@@ -117,10 +118,10 @@
 //!       rules:
 //!         - matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
 //!                                                     # absent = PathPrefix /
-//!           filters: [{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443,
-//!                      statusCode: 301}}]             # optional: answer with a redirect
-//!                                                     # (scheme, hostname, port; 302 by
-//!                                                     # default) instead of backendRefs
+//!         # filters: [{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443,
+//!         #            statusCode: 301}}]             # instead of backendRefs: answer
+//!                                                     # with a redirect (scheme, hostname,
+//!                                                     # port; 302 by default)
 //!           backendRefs:                              # weight default 1, 0 to 1000000;
 //!             - {name: echo-v1, port: 80, weight: 70} # port ignored; kind Service only
 //!             - {name: echo-v2, port: 80, weight: 30}

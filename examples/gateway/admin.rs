@@ -85,19 +85,62 @@ pub(crate) fn tls_handshake(ok: bool) {
     }
 }
 
+/// One rule's request metrics (or the requests no rule matched, `route="-"`), their handles
+/// looked up once: a lookup builds the series' key with owned label strings and searches the
+/// registry, which per request cost several microseconds.
+#[derive(Debug)]
+pub(crate) struct RouteMetrics {
+    route: String,
+    duration: metrics::Histogram,
+    /// One counter per status code seen so far (a handful per rule).
+    by_code: std::sync::Mutex<Vec<(u16, metrics::Counter)>>,
+}
+
+impl RouteMetrics {
+    /// The metrics of `route`, when a recorder is installed (it is, before any rule is built).
+    pub(crate) fn new(route: &str) -> Option<Arc<Self>> {
+        recording().then(|| {
+            let duration = metrics::histogram!(
+                "gateway_request_duration_seconds", "route" => route.to_owned()
+            );
+            Arc::new(Self { route: route.to_owned(), duration, by_code: Default::default() })
+        })
+    }
+
+    fn record(&self, status: StatusCode, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        let code = status.as_u16();
+        let counter = {
+            let mut codes = self.by_code.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match codes.iter().find(|(c, _)| *c == code) {
+                Some((_, counter)) => counter.clone(),
+                None => {
+                    let counter = metrics::counter!(
+                        "gateway_requests_total",
+                        "route" => self.route.clone(),
+                        "code" => status.as_str().to_owned()
+                    );
+                    codes.push((code, counter.clone()));
+                    counter
+                }
+            }
+        };
+        counter.increment(1);
+    }
+}
+
 pin_project! {
     /// A response future that counts its response and its time to the head, per rule.
     pub(crate) struct Measured<F> {
         #[pin]
         inner: F,
-        started: Option<(Instant, String)>,
+        started: Option<(Instant, Arc<RouteMetrics>)>,
     }
 }
 
 impl<F> Measured<F> {
-    pub(crate) fn new(inner: F, route: Option<&str>) -> Self {
-        let started = recording().then(|| (Instant::now(), route.unwrap_or("-").to_owned()));
-        Self { inner, started }
+    pub(crate) fn new(inner: F, metrics: Option<&Arc<RouteMetrics>>) -> Self {
+        Self { inner, started: metrics.map(|metrics| (Instant::now(), metrics.clone())) }
     }
 }
 
@@ -110,12 +153,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let (Ok(res), Some((started, route))) = (&result, this.started.take()) {
-            let code = res.status().as_str().to_owned();
-            metrics::histogram!("gateway_request_duration_seconds", "route" => route.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!("gateway_requests_total", "route" => route, "code" => code)
-                .increment(1);
+        if let (Ok(res), Some((started, metrics))) = (&result, this.started.take()) {
+            metrics.record(res.status(), started.elapsed());
         }
         Poll::Ready(result)
     }

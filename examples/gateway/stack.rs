@@ -54,6 +54,8 @@ pub(crate) struct Rule {
     expected: usize,
     /// Endpoints that start draining, once the balancer knows them.
     initial_drains: Vec<Key>,
+    /// Its request metrics, when the admin port records them.
+    metrics: Option<Arc<admin::RouteMetrics>>,
 }
 
 /// One `backendRef` as the gateway runs it.
@@ -92,6 +94,8 @@ pub(crate) struct Gateway {
     path_parameters: Arc<[String]>,
     /// Whose `x-request-id` is kept.
     trusted: TrustedProxies,
+    /// The metrics of requests no rule matched (or refused before routing).
+    unrouted: Option<Arc<admin::RouteMetrics>>,
 }
 
 impl Gateway {
@@ -112,6 +116,7 @@ impl Gateway {
             table: Arc::new(RouteTable::attached(rules)),
             path_parameters: path_parameters.into(),
             trusted: plan.edge.forwarded.trusted().clone(),
+            unrouted: admin::RouteMetrics::new("-"),
         }
     }
 
@@ -256,6 +261,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
             balancer: None,
             expected: 0,
             initial_drains: Vec::new(),
+            metrics: admin::RouteMetrics::new(&rule.scope),
         };
     }
     if rule.backends.is_empty() {
@@ -275,6 +281,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
             balancer: None,
             expected: 0,
             initial_drains: Vec::new(),
+            metrics: admin::RouteMetrics::new(&rule.scope),
         };
     }
 
@@ -332,6 +339,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
         balancer: Some(balancer),
         expected,
         initial_drains,
+        metrics: admin::RouteMetrics::new(&rule.scope),
     }
 }
 
@@ -394,7 +402,7 @@ impl Service<Request<Body>> for Gateway {
             let entry = access_log::Entry::start(req, None, None);
             let answer = failure::text(status, reason);
             let answer = futures_util::future::Either::Right(std::future::ready(Ok(answer)));
-            access_log::Logged::new(admin::Measured::new(answer, None), entry)
+            access_log::Logged::new(admin::Measured::new(answer, self.unrouted.as_ref()), entry)
         };
         // One host per request: two `Host` headers, or an authority that disagrees with
         // `Host`, could route by one host and reach the backend with the other.
@@ -428,7 +436,11 @@ impl Service<Request<Body>> for Gateway {
                 }),
             ))),
         };
-        let future = admin::Measured::new(future, rule.map(|rule| rule.scope.as_str()));
+        let metrics = match rule {
+            Some(rule) => rule.metrics.as_ref(),
+            None => self.unrouted.as_ref(),
+        };
+        let future = admin::Measured::new(future, metrics);
         access_log::Logged::new(future, entry)
     }
 }

@@ -392,3 +392,54 @@ fn port_certificates(listeners: &Listeners, index: usize) -> Option<PortCertific
         .collect();
     Some(PortCertificates { listeners: table })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certificate(names: &[&str]) -> Arc<Certificate> {
+        let made = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let yaml = format!(
+            "[{{apiVersion: v1, kind: Secret, type: kubernetes.io/tls, metadata: {{name: s}}, \
+             stringData: {{tls.crt: {:?}, tls.key: {:?}}}}}]",
+            made.cert.pem(),
+            made.signing_key.serialize_pem()
+        );
+        let secrets: Vec<SecretConfig> = serde_norway::from_str(&yaml).unwrap();
+        check_secrets(&secrets).unwrap().get("default/s", "ref").unwrap()
+    }
+
+    #[test]
+    fn certificate_names_match_exactly_or_one_label_under_a_wildcard() {
+        let cert = certificate(&["shop.example", "*.api.example"]);
+        assert_eq!(cert.matches("shop.example"), Some(2));
+        assert_eq!(cert.matches("v1.api.example"), Some(1));
+        assert_eq!(cert.matches("a.v1.api.example"), None, "a wildcard covers one label");
+        assert_eq!(cert.matches("api.example"), None);
+        assert_eq!(cert.matches("other.example"), None);
+    }
+
+    #[test]
+    fn sni_picks_the_most_specific_listener() {
+        let (exact, wild, any) = (certificate(&["a"]), certificate(&["b"]), certificate(&["c"]));
+        let table = PortCertificates {
+            listeners: vec![
+                (None, vec![any.clone()]),
+                (Some(Hostname::parse("*.example").unwrap()), vec![wild.clone()]),
+                (Some(Hostname::parse("shop.example").unwrap()), vec![exact.clone()]),
+            ],
+        };
+        let pick = |sni: Option<&str>| table.listener(sni).unwrap()[0].source.clone();
+        assert_eq!(pick(Some("shop.example")), exact.source);
+        assert_eq!(pick(Some("api.example")), wild.source);
+        assert_eq!(pick(Some("elsewhere.test")), any.source);
+        assert_eq!(pick(None), any.source);
+        let only_named = PortCertificates {
+            listeners: vec![(Some(Hostname::parse("shop.example").unwrap()), vec![exact])],
+        };
+        assert!(only_named.listener(Some("other.example")).is_none(), "no listener, no handshake");
+    }
+}

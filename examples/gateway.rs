@@ -13,12 +13,19 @@
 //! gateway --config FILE --check    validate the file and exit
 //! options:
 //!   --listen ADDR                  listen on ADDR (IP:port); overrides the file and the
-//!                                  demo's 127.0.0.1:8080; port 0 picks a free port
+//!                                  demo's 127.0.0.1:8080; port 0 picks a free port. Refused
+//!                                  (exit 1) when the file has `gateways:`: the listeners
+//!                                  say where to listen
 //!   -h, --help                     usage
 //! ```
 //!
 //! Once it listens, the gateway prints exactly one line on stdout, and flushes it:
-//! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). Logs go
+//! `listening on http://IP:PORT` (the actual port, also with `--listen 127.0.0.1:0`). With
+//! `gateways:` it prints one such line per port, `listening on SCHEME://IP:PORT` (`http` or
+//! `https`), in the order the ports first appear among the listeners in the file (listeners
+//! that share an address and port share a line; a `port: 0` listener has a port, and a line,
+//! of its own); the first line still names the first listener. With `admin:` one more line
+//! follows: `admin on http://IP:PORT`. Nothing else comes before these lines. Logs go
 //! to stderr, filtered by `RUST_LOG` (default `info`), with one access-log line per request on
 //! the `access` target:
 //! `127.0.0.1 "GET /cart HTTP/1.1" 200 3ms rule=default/shop/0 session=pinned endpoint=echo/127.0.0.1:9001 bytes=512 upstream=2ms id=<request id>`
@@ -108,18 +115,53 @@
 //!       rise: 2                       # successes in a row that bring it back (never a
 //!                                     # timer alone)
 //!       expectedStatuses: [200, "200-399"]  # healthy answers (default 200-399)
-//! routes:                          # Gateway API HTTPRoute manifests
+//! admin: {listen: 127.0.0.1:9901}  # optional (off when absent; loopback by default): GET
+//!                                  # /metrics (Prometheus text), /healthz (alive), /readyz
+//!                                  # (listeners serving, at least one endpoint not ejected)
+//! gateways:                        # optional Gateway API Gateway manifests: the listeners.
+//!                                  # Absent: one HTTP listener on `listen`
+//!   - apiVersion: gateway.networking.k8s.io/v1
+//!     kind: Gateway
+//!     metadata: {name: edge, namespace: default}
+//!     spec:
+//!       addresses: [{type: IPAddress, value: 127.0.0.1}]  # else `listen`'s IP, else 0.0.0.0
+//!       listeners:                    # listeners on one port: one protocol, distinct hostnames
+//!         - {name: http, protocol: HTTP, port: 8080, hostname: shop.example}
+//!         - name: https
+//!           protocol: HTTPS           # TLS terminated here: ALPN h2 and http/1.1, TLS 1.2/1.3
+//!           port: 8443                # 0: a free port (our extension, for tests)
+//!           hostname: "*.shop.example" # optional; SNI and the request's host choose
+//!           tls: {mode: Terminate, certificateRefs: [{kind: Secret, name: shop-tls}]}
+//!           allowedRoutes: {namespaces: {from: Same}}  # Same (default) or All
+//! secrets:                         # kind: Secret, type: kubernetes.io/tls, as kubectl takes it
+//!   - apiVersion: v1
+//!     kind: Secret
+//!     type: kubernetes.io/tls
+//!     metadata: {name: shop-tls}
+//!     data: {tls.crt: "<base64 of the certificate PEM>", tls.key: "<base64 of the key PEM>"}
+//!                                  # or stringData: the PEM text itself
+//!                                  # several certificateRefs: SNI picks by the certificates'
+//!                                  # names (exact, then wildcard); an expired one warns
+//! routes:                          # Gateway API HTTPRoute and GRPCRoute manifests
 //!   - apiVersion: gateway.networking.k8s.io/v1        # or v1beta1
 //!     kind: HTTPRoute
 //!     metadata: {name: shop, namespace: default}      # namespace optional ("default");
 //!                                                     # labels, annotations ignored
 //!     spec:
 //!       hostnames: ["shop.example", "*.shop.example"] # optional: absent = any host
-//!       parentRefs: [{name: gw}]                      # accepted and ignored
+//!       parentRefs: [{name: edge, sectionName: https}] # with gateways: the listeners it
+//!                                                     # attaches to (name, namespace,
+//!                                                     # sectionName, port; absent: all);
+//!                                                     # the listener's hostname meets the
+//!                                                     # route's. Without gateways: ignored
 //!       rules:
 //!         - name: cart                                # optional (GEP-995); names the scope
 //!           matches: [{path: {type: PathPrefix, value: /cart}}]  # Exact or PathPrefix;
 //!                                                     # absent = PathPrefix /
+//!         # filters: [{type: RequestRedirect, requestRedirect: {scheme: https, port: 8443,
+//!         #            statusCode: 301}}]             # instead of backendRefs: answer
+//!                                                     # with a redirect (scheme, hostname,
+//!                                                     # port; 302 by default)
 //!           backendRefs:                              # weight default 1, 0 to 1000000;
 //!             - {name: echo-v1, port: 80, weight: 70} # port ignored; kind Service only
 //!             - {name: echo-v2, port: 80, weight: 30}
@@ -207,6 +249,12 @@
 //!                                     # fromRequests: also learn ids clients send first
 //! ```
 //!
+//! A `kind: GRPCRoute` in `routes` has rules with `matches: [{method: {service: pkg.Svc,
+//! method: Call}}]` (`Exact`; `service` alone matches all its methods; no matches: all),
+//! `backendRefs` to Services with `appProtocol: kubernetes.io/h2c`, and `sessionPersistence`
+//! (`type: Header` carries the session in the calls' metadata); a call no rule matches gets
+//! `grpc-status: 12` (UNIMPLEMENTED).
+//!
 //! # Live changes
 //!
 //! With `--config`, the file is read again when it changes (checked once a second) and on
@@ -214,7 +262,9 @@
 //! (their sessions re-pin, per `onUnavailable`), marked `draining` or serving again, and
 //! `backendRefs` weights. No session whose endpoint is unchanged moves. Other changes (routes,
 //! matches, persistence, keys) are logged as needing a restart and are not applied; a file that
-//! fails its checks is logged and changes nothing.
+//! fails its checks is logged and changes nothing. Certificates change live too: editing a
+//! Secret swaps it for new TLS handshakes, and established connections keep going (listeners
+//! themselves, their ports and hostnames, need a restart).
 //!
 //! # Routing and forwarding
 //!
@@ -222,10 +272,11 @@
 //! `Exact` path over a `PathPrefix`, then the longer prefix, then the earlier rule in the file.
 //! `PathPrefix` matches whole segments (`/cart` matches `/cart/x`, not `/cartx`), on the path
 //! without the session's path parameter (`strategy: url`: `/cart;jsessionid=T` matches
-//! `/cart`). No match: `404`. A request names one host: two `Host` headers, or an
+//! `/cart`). No match: `404`. With `gateways:`, only the rules attached to the listener a
+//! request came in on match it. A request names one host: two `Host` headers, or an
 //! absolute-form URI or HTTP/2 `:authority` that disagrees with `Host`, get `400`; `CONNECT`
 //! gets `405`. The backend gets the client's host (`Host`; for h2c backends `:authority`),
-//! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded`, `Via:
+//! `X-Forwarded-For`, `X-Forwarded-Proto` (`https` on HTTPS listeners), `X-Forwarded-Host`, RFC 7239 `Forwarded`, `Via:
 //! 1.1 gateway` and `X-Request-Id` (a trusted proxy's, else a new one). From a peer outside
 //! `trustedProxies` every forwarded header the client sent is replaced (as HAProxy's `option
 //! forwardfor` with `http-request del-header` would); from a trusted one they are appended
@@ -243,6 +294,8 @@
 // `examples/gateway/`, which cargo does not mistake for another example.
 #[path = "gateway/access_log.rs"]
 mod access_log;
+#[path = "gateway/admin.rs"]
+mod admin;
 #[path = "gateway/balancing.rs"]
 mod balancing;
 #[path = "gateway/cli.rs"]
@@ -259,14 +312,20 @@ mod demo;
 mod edge;
 #[path = "gateway/failure.rs"]
 mod failure;
+#[path = "gateway/grpc.rs"]
+mod grpc;
 #[path = "gateway/health.rs"]
 mod health;
+#[path = "gateway/listeners.rs"]
+mod listeners;
 #[path = "gateway/persistence.rs"]
 mod persistence;
 #[path = "gateway/pool.rs"]
 mod pool;
 #[path = "gateway/proxy.rs"]
 mod proxy;
+#[path = "gateway/redirect.rs"]
+mod redirect;
 #[path = "gateway/reload.rs"]
 mod reload;
 #[path = "gateway/routing.rs"]
@@ -277,6 +336,8 @@ mod server;
 mod stack;
 #[path = "gateway/store.rs"]
 mod store;
+#[path = "gateway/tls.rs"]
+mod tls;
 #[path = "gateway/upgrade.rs"]
 mod upgrade;
 
@@ -293,6 +354,7 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Plan;
+use crate::listeners::Protocol;
 use crate::stack::Gateway;
 
 fn main() -> ExitCode {
@@ -345,6 +407,15 @@ async fn control() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if let Some(listen) = args.listen {
+        if plan.listeners.is_some() {
+            // The Gateway's listeners say where to listen, each on its own port: one
+            // address from the command line cannot stand for them.
+            eprintln!(
+                "config error: --listen: the file has gateways:, whose listeners say where to \
+                 listen (spec.addresses and each listener's port; port 0 picks a free one)"
+            );
+            return ExitCode::from(1);
+        }
         plan.listen = listen;
     }
     match run(plan, demo_backends, args.config.clone()).await {
@@ -399,26 +470,59 @@ async fn run(
     if plan.rules.is_empty() {
         tracing::warn!("no routes configured: every request gets 404");
     }
-    let listeners = server::bind(plan.listen, server::threads()).await?;
-    let addr = listeners[0]
-        .local_addr()
-        .map_err(|err| format!("cannot read the listen address: {err}"))?;
+    let ports: Vec<(std::net::SocketAddr, Protocol)> = match &plan.listeners {
+        None => vec![(plan.listen, Protocol::Http)],
+        Some(listeners) => listeners.ports.iter().map(|port| (port.addr, port.protocol)).collect(),
+    };
+    let tls = match &plan.listeners {
+        Some(listeners) => tls::Tls::new(listeners)?,
+        None => tls::Tls::default(),
+    };
+    let mut sockets: Vec<Vec<server::Socket>> = Vec::new();
+    let mut urls = Vec::with_capacity(ports.len());
+    for (port, (addr, protocol)) in ports.into_iter().enumerate() {
+        let listeners = server::bind(addr, server::threads()).await?;
+        let bound = listeners[0]
+            .local_addr()
+            .map_err(|err| format!("cannot read the listen address: {err}"))?;
+        urls.push(format!("{}://{bound}", protocol.scheme()));
+        sockets.resize_with(sockets.len().max(listeners.len()), Vec::new);
+        for (thread, listener) in listeners.into_iter().enumerate() {
+            sockets[thread].push(server::Socket { listener, port, tls: tls.acceptor(port) });
+        }
+    }
+    let addr = urls[0].clone();
+    // The admin port: its recorder before anything is measured, its socket bound before the
+    // traffic ports serve (a bad address fails the start).
+    let admin = match plan.admin {
+        Some(listen) => {
+            let handle = admin::install()?;
+            Some(admin::AdminPort::bind(listen, handle).await?)
+        }
+        None => None,
+    };
+    let admin_url = admin.as_ref().map(admin::AdminPort::local_addr).transpose()?;
+    let admin_ready = admin.map(admin::AdminPort::serve);
     let plan = Arc::new(plan);
     let shared = plan.clone();
     // One per process: the per-endpoint limits are shared by every serving thread.
     let upstreams = proxy::Upstreams::new(&plan.edge);
     let serving = server::Serving::new(plan.edge.timeouts, plan.edge.limits);
     let workers = server::Workers::start(
-        listeners,
+        sockets,
         move || Gateway::new(&shared, &upstreams),
         serving,
         Duration::from_secs(5),
     )
     .await?;
-    let url = format!("http://{addr}");
+    let url = addr.clone();
     {
-        // One stable line first: scripts wait for it. Then, in demo mode, how to try it.
-        let mut text = format!("listening on {url}\n");
+        // One stable line first: scripts wait for it (then one per further port, in the
+        // file's order). Then, in demo mode, how to try it.
+        let mut text: String = urls.iter().map(|url| format!("listening on {url}\n")).collect();
+        if let Some(admin) = admin_url {
+            text.push_str(&format!("admin on http://{admin}\n"));
+        }
         if let Some(demo) = &demo {
             text.push('\n');
             text.push_str(&demo.instructions(&url));
@@ -430,12 +534,21 @@ async fn run(
             .and_then(|()| stdout.flush())
             .map_err(|err| format!("cannot write to stdout: {err}"))?;
     }
+    if let Some(ready) = admin_ready {
+        ready(workers.gateways.clone());
+    }
     let threads = workers.gateways.len();
     tracing::info!(%addr, rules = plan.rules.len(), threads, "gateway started");
     // Checks run here, once per process, and move endpoints in every thread's balancers.
     let checks = Arc::new(health::HealthChecks::start(&plan, workers.gateways.clone()));
     if let Some(path) = config {
-        tokio::spawn(reload::watch(path, workers.gateways.clone(), checks.clone()));
+        tokio::spawn(reload::watch(
+            path,
+            workers.gateways.clone(),
+            checks.clone(),
+            tls.clone(),
+            plan.clone(),
+        ));
     }
     workers.serve_until(server::shutdown_signal()).await;
     Ok(())

@@ -136,6 +136,7 @@ pub mod layer;
 #[cfg(feature = "learn")]
 #[cfg_attr(docsrs, doc(cfg(feature = "learn")))]
 pub mod learn;
+pub mod metrics;
 pub mod policy;
 pub mod seam;
 #[cfg(feature = "learn")]

@@ -705,9 +705,9 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
             "",
         ),
         (
-            rule("{backendRefs: [{name: echo}]}").replace("kind: HTTPRoute", "kind: GRPCRoute"),
+            rule("{backendRefs: [{name: echo}]}").replace("kind: HTTPRoute", "kind: TLSRoute"),
             "routes[0].kind: ",
-            "HTTPRoute",
+            "HTTPRoute or GRPCRoute",
         ),
         (format!("{SERVICES}timeout: soon\n"), "timeout: ", "GEP-2257"),
     ];
@@ -741,6 +741,15 @@ fn the_documented_configuration_is_valid() {
         .expect("the docs show a YAML configuration");
     let key = "A".repeat(44);
     let yaml = yaml.replace("<base64 of 32+ bytes>", &key).replace("<older key>", &key);
+    // The documented Secret, with a certificate made here.
+    let made = rcgen::generate_simple_self_signed(vec!["www.shop.example".to_owned()]).unwrap();
+    let b64 = |text: String| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    };
+    let yaml = yaml
+        .replace("<base64 of the certificate PEM>", &b64(made.cert.pem()))
+        .replace("<base64 of the key PEM>", &b64(made.signing_key.serialize_pem()));
     let file = TempFile::new(&yaml);
     let (status, stdout, stderr) = run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
     assert_eq!(status.code(), Some(0), "{yaml}\n{stderr}");
@@ -764,7 +773,7 @@ fn the_example_configurations_are_valid() {
         let (status, stdout, stderr) =
             run_gateway(&["--config", path.to_str().unwrap(), "--check"]);
         assert_eq!(status.code(), Some(0), "{}: {stderr}", path.display());
-        assert_eq!(stdout.trim(), "config ok: 1 rule(s)", "{}", path.display());
+        assert!(stdout.trim().starts_with("config ok: "), "{}: {stdout}", path.display());
         checked += 1;
     }
     assert!(checked >= 7, "one configuration per strategy, found {checked}");

@@ -325,3 +325,185 @@ routes:
     let [one, two] = two_fresh_calls_at_once(&gw.url, &hold).await;
     assert_ne!(one, two, "two calls without a session, at once, reached the same backend");
 }
+
+/// A `GRPCRoute` as Gateway API users write it: a rule matching `test.Greeter/SayHello` with
+/// header persistence, a rule for another service, and a method no rule matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_route_matches_methods_and_keeps_sessions() {
+    let hold = Arc::new(Hold::default());
+    let mut endpoints = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        endpoints.push(format!("\"{}\"", grpc_backend(name, &hold).await));
+    }
+    let other = grpc_backend("other", &hold).await;
+    let config = format!(
+        "keys: [\"{key}\"]
+services:
+  - {{name: greeter, appProtocol: kubernetes.io/h2c, endpoints: [{endpoints}]}}
+  - {{name: other, appProtocol: kubernetes.io/h2c, endpoints: ['{other}']}}
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: GRPCRoute
+    metadata: {{name: greeter}}
+    spec:
+      rules:
+        - matches: [{{method: {{service: test.Greeter, method: SayHello}}}}]
+          backendRefs: [{{name: greeter, port: 50051}}]
+          sessionPersistence: {{type: Header, header: {{name: x-session}}}}
+        - matches: [{{method: {{service: test.Other}}}}]
+          backendRefs: [{{name: other}}]
+",
+        key = "A".repeat(44),
+        endpoints = endpoints.join(", "),
+    );
+    let gw = gateway_process::start_gateway(&config).await;
+    let channel = connect(&gw.url).await;
+    let (first, session) = say_hello(&channel, None).await;
+    assert_ne!(first, "other", "SayHello is the greeter rule's");
+    let session = session.expect("the first answer carries x-session in its metadata");
+    for _ in 0..10 {
+        let (backend, again) = say_hello(&channel, Some(&session)).await;
+        assert_eq!(backend, first);
+        assert!(again.is_none(), "an unchanged session is not re-issued");
+    }
+    // A method of no rule: the gateway's 404, which gRPC reports as unimplemented.
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let req = tonic::Request::new(HelloRequest { name: "x".into() });
+    let codec = ProstCodec::<HelloRequest, HelloReply>::default();
+    let status = grpc.unary(req, "/test.Greeter/Other".parse().unwrap(), codec).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+}
+
+/// What a GRPCRoute cannot say is refused, naming the field.
+#[test]
+fn grpc_route_config_errors_name_the_field() {
+    let check = |rule: &str, app_protocol: &str| {
+        let config = format!(
+            "services: [{{name: g, appProtocol: {app_protocol}, endpoints: ['127.0.0.1:9']}}]
+routes:
+  - {{apiVersion: gateway.networking.k8s.io/v1, kind: GRPCRoute, metadata: {{name: r}}, spec: {{rules: [{rule}]}}}}
+"
+        );
+        let file = gateway_process::TempFile::new(&config);
+        let (status, _, stderr) =
+            gateway_process::run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
+        (status.success(), stderr)
+    };
+    assert!(check("{backendRefs: [{name: g}]}", "kubernetes.io/h2c").0);
+    for (rule, protocol, expected) in [
+        (
+            "{backendRefs: [{name: g}]}",
+            "http",
+            "routes[0].spec.rules[0].backendRefs[0].name: service \"g\" speaks HTTP/1.1",
+        ),
+        (
+            "{matches: [{method: {method: SayHello}}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].method.service: is required",
+        ),
+        (
+            "{matches: [{method: {type: RegularExpression, service: a}}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].method.type: ",
+        ),
+        (
+            "{matches: [{path: {value: /a}}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].path: a GRPCRoute matches a method",
+        ),
+        (
+            "{matches: [{headers: [{name: a, value: b}]}], backendRefs: [{name: g}]}",
+            "kubernetes.io/h2c",
+            "routes[0].spec.rules[0].matches[0].headers: is not supported",
+        ),
+    ] {
+        let (ok, stderr) = check(rule, protocol);
+        assert!(!ok, "accepted: {rule}");
+        assert!(stderr.contains(&format!("config error: {expected}")), "{rule}: {stderr}");
+    }
+}
+
+/// The same GRPCRoute over TLS: an HTTPS listener (ALPN `h2`), tonic's HTTP/2 over a rustls
+/// connection to `grpc.example` (resolved here to 127.0.0.1), the session in the metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_route_over_tls_keeps_sessions() {
+    use base64::Engine as _;
+    let hold = Arc::new(Hold::default());
+    let mut endpoints = Vec::new();
+    for name in ["g1", "g2", "g3"] {
+        endpoints.push(format!("'{}'", grpc_backend(name, &hold).await));
+    }
+    let made = rcgen::generate_simple_self_signed(vec!["grpc.example".to_owned()]).unwrap();
+    let b64 = |text: String| base64::engine::general_purpose::STANDARD.encode(text);
+    let config = format!(
+        "keys: ['{key}']
+services: [{{name: greeter, appProtocol: kubernetes.io/h2c, endpoints: [{endpoints}]}}]
+gateways:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: Gateway
+  metadata: {{name: edge}}
+  spec:
+    addresses: [{{value: 127.0.0.1}}]
+    listeners:
+    - {{name: grpc, protocol: HTTPS, port: 0, hostname: grpc.example, tls: {{certificateRefs: [{{name: grpc}}]}}}}
+secrets:
+- {{apiVersion: v1, kind: Secret, type: kubernetes.io/tls, metadata: {{name: grpc}}, data: {{tls.crt: '{crt}', tls.key: '{tls_key}'}}}}
+routes:
+- apiVersion: gateway.networking.k8s.io/v1
+  kind: GRPCRoute
+  metadata: {{name: greeter}}
+  spec:
+    parentRefs: [{{name: edge}}]
+    rules:
+    - matches: [{{method: {{service: test.Greeter}}}}]
+      backendRefs: [{{name: greeter}}]
+      sessionPersistence: {{type: Header, header: {{name: x-session}}}}
+",
+        key = "A".repeat(44),
+        endpoints = endpoints.join(", "),
+        crt = b64(made.cert.pem()),
+        tls_key = b64(made.signing_key.serialize_pem()),
+    );
+    let gw = gateway_process::start_lines(&config, 1).await;
+    assert!(gw.urls[0].starts_with("https://"), "{:?}", gw.urls);
+    let port = gw.port(0);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let negotiated = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = negotiated.clone();
+    let connect = tower::service_fn(move |_: http::Uri| {
+        let (connector, seen) = (connector.clone(), seen.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            let name = rustls::pki_types::ServerName::try_from("grpc.example").unwrap();
+            let stream = connector.connect(name, tcp).await?;
+            seen.lock().unwrap().push(stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+            Ok::<_, std::io::Error>(TokioIo::new(stream))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://grpc.example:{port}"))
+        .unwrap()
+        .connect_with_connector(connect)
+        .await
+        .expect("tonic connects over TLS");
+    let (first, session) = say_hello(&channel, None).await;
+    let session = session.expect("the first answer carries x-session in its metadata");
+    for _ in 0..10 {
+        let (backend, again) = say_hello(&channel, Some(&session)).await;
+        assert_eq!(backend, first);
+        assert!(again.is_none(), "an unchanged session is not re-issued");
+    }
+    let alpn = negotiated.lock().unwrap().clone();
+    assert!(!alpn.is_empty() && alpn.iter().all(|p| p.as_deref() == Some(&b"h2"[..])), "{alpn:?}");
+}

@@ -20,12 +20,15 @@ OPTIONS:
                      (Gateway API HTTPRoute manifests), documented at the top
                      of examples/gateway.rs
     --listen ADDR    listen on ADDR (IP:port), overriding the file or the demo's
-                     127.0.0.1:8080; port 0 picks a free port
+                     127.0.0.1:8080; port 0 picks a free port (refused when
+                     the file has gateways:, whose listeners say where to listen)
     --check          with --config: validate the file and exit
     -h, --help       print this help
 
 Once listening, the gateway prints one line on stdout:
     listening on http://IP:PORT
+(with gateways:, one `listening on SCHEME://IP:PORT` line per port, in the file's
+order; with admin:, then `admin on http://IP:PORT`)
 
 EXIT STATUS:
     0  stopped by Ctrl-C or SIGTERM (after finishing open requests), or --check passed

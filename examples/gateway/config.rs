@@ -19,11 +19,16 @@ use tower_session_persistence::policy::{
 };
 use tower_session_persistence::token::SignedCodec;
 
+use crate::admin;
 use crate::balancing::{self, Balancing};
 use crate::edge::{self, Edge};
+use crate::grpc;
 use crate::health::{self, HealthPlan};
+use crate::listeners::{self, Listeners};
 use crate::persistence::{self, Extension, Persistence};
-use crate::routing::{Hostname, PathMatch};
+use crate::redirect::{self, Redirect};
+use crate::routing::{Attachment, Hostname, PathMatch};
+use crate::tls;
 
 /// Where the gateway listens when neither the file nor `--listen` says.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -51,6 +56,14 @@ struct File {
     routes: Vec<RouteConfig>,
     /// Where learned sessions live (`strategy: learn`).
     store: Option<crate::store::StoreConfig>,
+    /// Gateway API `kind: Gateway` manifests: the listeners (`listen` is their default
+    /// address then).
+    gateways: Option<Vec<listeners::GatewayConfig>>,
+    /// `kind: Secret` manifests holding the listeners' certificates.
+    #[serde(default)]
+    secrets: Vec<tls::SecretConfig>,
+    /// The admin port: metrics, health.
+    admin: Option<admin::AdminConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,8 +146,7 @@ struct Metadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RouteSpec {
     hostnames: Option<Vec<String>>,
-    #[allow(dead_code)]
-    parent_refs: Option<IgnoredAny>,
+    parent_refs: Option<Vec<listeners::ParentRef>>,
     rules: Vec<RuleConfig>,
 }
 
@@ -151,12 +163,21 @@ struct RuleConfig {
     extension: Option<Extension>,
     #[serde(rename = "x-balancer")]
     balancer: Option<balancing::Extension>,
+    filters: Option<Vec<redirect::FilterConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MatchConfig {
     path: Option<PathConfig>,
+    /// `GRPCRoute` only.
+    method: Option<grpc::MethodMatch>,
+    /// Named so that the error says it is not supported.
+    #[allow(dead_code)]
+    headers: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    #[serde(rename = "queryParams")]
+    query_params: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,6 +218,10 @@ pub(crate) struct Plan {
     pub(crate) services: Vec<ServicePlan>,
     /// Where learned sessions live; made on first use, shared by every rule and thread.
     pub(crate) store: crate::store::Store,
+    /// The listeners of `gateways:`; `None` without it (one HTTP listener on `listen`).
+    pub(crate) listeners: Option<Listeners>,
+    /// Where the admin port listens, when there is one.
+    pub(crate) admin: Option<SocketAddr>,
 }
 
 /// One entry of `services:`.
@@ -216,6 +241,9 @@ pub(crate) struct RulePlan {
     pub(crate) scope: String,
     /// The route's hostnames; empty for any host.
     pub(crate) hostnames: Vec<Hostname>,
+    /// Where the rule is reachable: every port with the route's hostnames without
+    /// `gateways:`, else each listener it attaches to.
+    pub(crate) attachments: Vec<Attachment>,
     /// The rule's path matches (at least one).
     pub(crate) matches: Vec<PathMatch>,
     /// The rule's `backendRefs`, resolved to endpoints.
@@ -226,6 +254,8 @@ pub(crate) struct RulePlan {
     pub(crate) on_unavailable: OnUnavailable,
     /// The `x-balancer` options.
     pub(crate) balancing: Balancing,
+    /// A `RequestRedirect` filter: the rule answers with it and calls no backend.
+    pub(crate) redirect: Option<Redirect>,
 }
 
 /// One `backendRef`, resolved.
@@ -334,6 +364,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         None => (random_key()?, true),
     };
     let store = crate::store::check(file.store.as_ref(), ephemeral_key)?;
+    let admin = admin::check(file.admin.as_ref())?;
     let services = check_services(&file.services)?;
     let mut service_plans = Vec::with_capacity(services.len());
     for (s, ((name, endpoints), config)) in services.iter().zip(&file.services).enumerate() {
@@ -349,6 +380,14 @@ fn check(file: File) -> Result<Plan, ConfigError> {
             health,
         });
     }
+    let secrets = tls::check_secrets(&file.secrets)?;
+    let listeners = file
+        .gateways
+        .as_deref()
+        .map(|gateways| {
+            listeners::check(gateways, &secrets, file.listen.as_ref().map(|_| listen.ip()))
+        })
+        .transpose()?;
     if file.routes.is_empty() {
         // An empty file, or one that forgot its routes: every request would get 404.
         return Err(ConfigError::new(
@@ -360,9 +399,34 @@ fn check(file: File) -> Result<Plan, ConfigError> {
     let mut seen_routes = HashSet::new();
     for (r, route) in file.routes.iter().enumerate() {
         let at = format!("routes[{r}]");
+        let first = rules.len();
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
+        if let Some(listeners) = &listeners {
+            let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+            let attachments = listeners::attach(
+                listeners,
+                route.spec.parent_refs.as_deref(),
+                namespace,
+                &route.kind,
+                &rules[first].hostnames,
+                &at,
+            )?;
+            for rule in &mut rules[first..] {
+                rule.attachments = attachments.clone();
+            }
+        }
     }
-    Ok(Plan { listen, keys, ephemeral_key, edge, rules, services: service_plans, store })
+    Ok(Plan {
+        listen,
+        keys,
+        ephemeral_key,
+        edge,
+        rules,
+        services: service_plans,
+        store,
+        listeners,
+        admin,
+    })
 }
 
 /// Parses an optional GEP-2257 duration found at `at`.
@@ -519,12 +583,16 @@ fn check_route(
             format!("{:?} is not {}", route.api_version, API_VERSIONS.join(" or ")),
         ));
     }
-    if route.kind != "HTTPRoute" {
-        return Err(ConfigError::new(
-            format!("{at}.kind"),
-            format!("{:?} is not HTTPRoute", route.kind),
-        ));
-    }
+    let grpc = match route.kind.as_str() {
+        "HTTPRoute" => false,
+        "GRPCRoute" => true,
+        other => {
+            return Err(ConfigError::new(
+                format!("{at}.kind"),
+                format!("{other:?} is not HTTPRoute or GRPCRoute"),
+            ));
+        }
+    };
     let name = &route.metadata.name;
     check_object_name(name, 253, '.')
         .map_err(|m| ConfigError::new(format!("{at}.metadata.name"), m))?;
@@ -569,7 +637,7 @@ fn check_route(
         let scope = format!("{namespace}/{name}/{id}");
         let default_name = format!("sp-{namespace}-{name}-{id}");
         let mut plan =
-            check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services)?;
+            check_rule(rule, &rule_at, scope, &default_name, hostnames.clone(), services, grpc)?;
         if let Some(persistence) = &mut plan.persistence {
             persistence.resolve_scope(namespace, &plan.scope);
         }
@@ -652,17 +720,44 @@ fn check_rule(
     default_name: &str,
     hostnames: Vec<Hostname>,
     services: &Services,
+    grpc: bool,
 ) -> Result<RulePlan, ConfigError> {
     let mut matches = Vec::new();
     for (m, config) in rule.matches.iter().flatten().enumerate() {
+        let at = format!("{at}.matches[{m}]");
+        if config.headers.is_some() || config.query_params.is_some() {
+            let field = if config.headers.is_some() { "headers" } else { "queryParams" };
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                "is not supported: rules match on the path (HTTPRoute) or the method (GRPCRoute)",
+            ));
+        }
+        match (grpc, &config.path, &config.method) {
+            (true, Some(_), _) => {
+                return Err(ConfigError::new(format!("{at}.path"), "a GRPCRoute matches a method"));
+            }
+            (false, _, Some(_)) => {
+                return Err(ConfigError::new(
+                    format!("{at}.method"),
+                    "an HTTPRoute matches a path (method matches are GRPCRoute's)",
+                ));
+            }
+            (true, None, method) => {
+                let any = grpc::MethodMatch::default();
+                matches.push(grpc::path_match(
+                    method.as_ref().unwrap_or(&any),
+                    &format!("{at}.method"),
+                )?);
+                continue;
+            }
+            (false, _, None) => {}
+        }
         let path = config.path.as_ref();
         let parsed = PathMatch::parse(
             path.and_then(|p| p.kind.as_deref()),
             path.and_then(|p| p.value.as_deref()),
         )
-        .map_err(|(field, message)| {
-            ConfigError::new(format!("{at}.matches[{m}].path.{field}"), message)
-        })?;
+        .map_err(|(field, message)| ConfigError::new(format!("{at}.path.{field}"), message))?;
         matches.push(parsed);
     }
     if matches.is_empty() {
@@ -696,6 +791,16 @@ fn check_rule(
                 format!("service {:?} is already referenced by backendRefs[{first}]", backend.name),
             ));
         }
+        if grpc && endpoints.iter().any(|endpoint| !endpoint.h2c) {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!(
+                    "service {:?} speaks HTTP/1.1; a GRPCRoute needs HTTP/2 to its backends: \
+                     give the service appProtocol: kubernetes.io/h2c",
+                    backend.name
+                ),
+            ));
+        }
         let weight = backend.weight.unwrap_or(1);
         if weight > MAX_WEIGHT {
             return Err(ConfigError::new(
@@ -723,7 +828,31 @@ fn check_rule(
     };
     let on_unavailable = persistence::on_unavailable(extension);
     let balancing = balancing::check(rule.balancer.as_ref(), at)?;
-    Ok(RulePlan { scope, hostnames, matches, backends, persistence, on_unavailable, balancing })
+    if grpc && rule.filters.is_some() {
+        return Err(ConfigError::new(
+            format!("{at}.filters"),
+            "are not supported on a GRPCRoute rule",
+        ));
+    }
+    let redirect = redirect::check(rule.filters.as_deref(), at)?;
+    if redirect.is_some() && !backends.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.backendRefs"),
+            "a rule with a RequestRedirect filter answers itself: it has no backendRefs",
+        ));
+    }
+    let attachments = vec![Attachment { port: None, hostnames: hostnames.clone() }];
+    Ok(RulePlan {
+        scope,
+        hostnames,
+        attachments,
+        matches,
+        backends,
+        persistence,
+        on_unavailable,
+        balancing,
+        redirect,
+    })
 }
 
 #[cfg(test)]

@@ -11,15 +11,25 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use crate::config;
+use crate::config::{self, Plan};
 use crate::health::HealthChecks;
 use crate::stack::Gateway;
+use crate::tls::Tls;
 
 /// How often the file is looked at.
 const POLL: Duration = Duration::from_secs(1);
 
-/// Watches `path` and applies its changes to `gateways` (one per serving thread), forever.
-pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>, checks: Arc<HealthChecks>) {
+/// Watches `path` and applies its changes to `gateways` (one per serving thread), to the
+/// health checks and drain deadlines of `checks`, and to the certificates of `tls`, forever.
+/// `running` is the plan the gateway started with: listeners themselves (addresses, ports,
+/// hostnames) need a restart.
+pub(crate) async fn watch(
+    path: PathBuf,
+    gateways: Vec<Gateway>,
+    checks: Arc<HealthChecks>,
+    tls: Tls,
+    running: Arc<Plan>,
+) {
     let mut last = std::fs::read_to_string(&path).ok();
     let mut hangup = hangup();
     let mut tick = tokio::time::interval(POLL);
@@ -57,6 +67,22 @@ pub(crate) async fn watch(path: PathBuf, gateways: Vec<Gateway>, checks: Arc<Hea
                     reweighted = applied.reweighted,
                     "configuration reloaded"
                 );
+                match (&running.listeners, &plan.listeners) {
+                    (Some(old), Some(new)) if old.same_shape(new) => {
+                        let swapped = tls.apply(new);
+                        if swapped > 0 {
+                            tracing::info!(
+                                ports = swapped,
+                                "certificates reloaded: new handshakes use them"
+                            );
+                        }
+                    }
+                    (None, None) => {}
+                    _ => tracing::warn!(
+                        change = "gateways: listeners changed",
+                        "not applied: this change needs a restart"
+                    ),
+                }
                 for change in &applied.needs_restart {
                     tracing::warn!(%change, "not applied: this change needs a restart");
                 }

@@ -144,7 +144,21 @@ pub(crate) fn normalize_host(host: &str) -> String {
     without_port.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Where a rule is reachable: on one port (`None`: on every port, as without `gateways:`),
+/// for these hostnames (empty: any host), already intersected with the listener's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Attachment {
+    pub(crate) port: Option<usize>,
+    pub(crate) hostnames: Vec<Hostname>,
+}
+
+/// The port a request came in on (an index into the listeners' ports), in its extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ArrivedOn(pub(crate) usize);
+
 struct Entry {
+    /// The port the entry is for; `None` for every port.
+    port: Option<usize>,
     /// The hostnames of the rule's route; empty means any host.
     hostnames: Vec<Hostname>,
     path: PathMatch,
@@ -159,24 +173,44 @@ pub(crate) struct RouteTable<T> {
 }
 
 impl<T> RouteTable<T> {
-    /// A table of rules in file order: each with its route's hostnames and its path matches.
+    /// A table of rules in file order, reachable on every port: each with its route's
+    /// hostnames and its path matches.
+    #[cfg(test)]
     pub(crate) fn new(rules: impl IntoIterator<Item = (Vec<Hostname>, Vec<PathMatch>, T)>) -> Self {
+        Self::attached(rules.into_iter().map(|(hostnames, paths, target)| {
+            (vec![Attachment { port: None, hostnames }], paths, target)
+        }))
+    }
+
+    /// A table of rules in file order: each with where it is attached and its path matches.
+    pub(crate) fn attached(
+        rules: impl IntoIterator<Item = (Vec<Attachment>, Vec<PathMatch>, T)>,
+    ) -> Self {
         let mut entries = Vec::new();
         let mut targets = Vec::new();
-        for (hostnames, paths, target) in rules {
-            for path in paths {
-                entries.push(Entry { hostnames: hostnames.clone(), path, target: targets.len() });
+        for (attachments, paths, target) in rules {
+            for attachment in attachments {
+                for path in &paths {
+                    entries.push(Entry {
+                        port: attachment.port,
+                        hostnames: attachment.hostnames.clone(),
+                        path: path.clone(),
+                        target: targets.len(),
+                    });
+                }
             }
             targets.push(target);
         }
         Self { entries, targets }
     }
 
-    /// The rule for a request to `host` (already [normalized](normalize_host); `None` when the
-    /// request names none) and `path`, if any matches.
-    pub(crate) fn find(&self, host: Option<&str>, path: &str) -> Option<&T> {
+    /// The rule for a request that came in on `port` (`None`: no gateways, one port) to
+    /// `host` (already [normalized](normalize_host); `None` when the request names none) and
+    /// `path`, if any matches.
+    pub(crate) fn find(&self, port: Option<usize>, host: Option<&str>, path: &str) -> Option<&T> {
         self.entries
             .iter()
+            .filter(|entry| entry.port.is_none() || entry.port == port)
             .filter_map(|entry| {
                 let host_rank = if entry.hostnames.is_empty() {
                     (0, 0)
@@ -233,12 +267,12 @@ mod tests {
             (vec![Hostname::parse("*.example.com").unwrap()], vec![prefix("/")], "wild"),
             (vec![Hostname::parse("shop.example.com").unwrap()], vec![prefix("/")], "shop"),
         ]);
-        assert_eq!(table.find(None, "/x"), Some(&"root"));
-        assert_eq!(table.find(None, "/cart/1"), Some(&"cart"));
-        assert_eq!(table.find(None, "/cart/checkout"), Some(&"checkout"));
-        assert_eq!(table.find(Some("a.example.com"), "/cart"), Some(&"wild"));
-        assert_eq!(table.find(Some("shop.example.com"), "/cart"), Some(&"shop"));
-        assert_eq!(table.find(Some("example.com"), "/cart"), Some(&"cart"));
+        assert_eq!(table.find(None, None, "/x"), Some(&"root"));
+        assert_eq!(table.find(None, None, "/cart/1"), Some(&"cart"));
+        assert_eq!(table.find(None, None, "/cart/checkout"), Some(&"checkout"));
+        assert_eq!(table.find(None, Some("a.example.com"), "/cart"), Some(&"wild"));
+        assert_eq!(table.find(None, Some("shop.example.com"), "/cart"), Some(&"shop"));
+        assert_eq!(table.find(None, Some("example.com"), "/cart"), Some(&"cart"));
     }
 
     #[test]

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
-use futures_util::future::Either;
 use http::Request;
 use http::header::{COOKIE, HeaderName, SET_COOKIE};
 use hyper::body::Incoming;
@@ -31,8 +30,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{
     SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer,
@@ -45,6 +46,7 @@ use crate::client_body::ClientBody;
 use crate::connection::{Activity, Tracked, Watched};
 use crate::edge::{Limits, Timeouts};
 use crate::proxy::ClientAddr;
+use crate::routing::ArrivedOn;
 use crate::stack::Gateway;
 
 /// How many serving threads to run: one per core this process may use.
@@ -102,6 +104,21 @@ impl Serving {
     }
 }
 
+/// One listening socket of a serving thread: the port it serves (an index into the
+/// listeners' ports) and, on an HTTPS port, its TLS acceptor.
+pub(crate) struct Socket {
+    pub(crate) listener: TcpListener,
+    pub(crate) port: usize,
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
+/// A [`Socket`] on its way to its serving thread.
+struct StdSocket {
+    listener: std::net::TcpListener,
+    port: usize,
+    tls: Option<TlsAcceptor>,
+}
+
 /// The serving threads, once each has built its gateway and is accepting connections.
 pub(crate) struct Workers {
     /// Every thread's gateway, for configuration changes.
@@ -112,11 +129,12 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    /// Starts one thread per listener. Each builds its own gateway with `make` on its own
-    /// runtime (the balancers' tasks and the connection pools belong to it), waits up to
-    /// `limit` for the balancers to know their endpoints, and serves.
+    /// Starts one thread per entry of `sockets` (each thread's own sockets, one per port).
+    /// Each builds its own gateway with `make` on its own runtime (the balancers' tasks and
+    /// the connection pools belong to it), waits up to `limit` for the balancers to know their
+    /// endpoints, and serves.
     pub(crate) async fn start<F>(
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Vec<Socket>>,
         make: F,
         serving: Serving,
         limit: Duration,
@@ -134,8 +152,16 @@ impl Workers {
         let mut done = Vec::new();
         for (index, listener) in listeners.into_iter().enumerate() {
             // Moved to the thread's runtime: deregistered here, registered there.
-            let listener =
-                listener.into_std().map_err(|err| format!("cannot hand over a listener: {err}"))?;
+            let listener = listener
+                .into_iter()
+                .map(|socket| {
+                    let Socket { listener, port, tls } = socket;
+                    let listener = listener
+                        .into_std()
+                        .map_err(|err| format!("cannot hand over a listener: {err}"))?;
+                    Ok(StdSocket { listener, port, tls })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let (ready_tx, ready_rx) = oneshot::channel::<Result<Gateway, String>>();
             let (done_tx, done_rx) = oneshot::channel();
             let (make, stopped, serving) = (make.clone(), stopped.clone(), serving.clone());
@@ -169,17 +195,24 @@ impl Workers {
                         let _ = ready_tx.send(Err(message));
                         return;
                     }
-                    let listener = match TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(err) => {
-                            let _ = ready_tx.send(Err(format!("cannot listen: {err}")));
-                            return;
+                    let mut sockets = Vec::with_capacity(listener.len());
+                    for StdSocket { listener, port, tls } in listener {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => sockets.push(Socket { listener, port, tls }),
+                            Err(err) => {
+                                let _ = ready_tx.send(Err(format!("cannot listen: {err}")));
+                                return;
+                            }
                         }
-                    };
+                    }
                     if ready_tx.send(Ok(gateway.clone())).is_err() {
                         return;
                     }
-                    let _ = done_tx.send(serve(listener, gateway, stopped, serving).await);
+                    let serving = sockets.into_iter().map(|socket| {
+                        serve(socket, gateway.clone(), stopped.clone(), serving.clone())
+                    });
+                    let all_closed = futures_util::future::join_all(serving).await;
+                    let _ = done_tx.send(all_closed.into_iter().all(|closed| closed));
                 });
             };
             std::thread::Builder::new()
@@ -235,11 +268,12 @@ impl Drop for Counted {
 /// Serves `gateway` on `listener` until `stop` says so, then closes idle connections and lets
 /// requests in flight finish (up to `shutdownGrace`). Returns whether they all did.
 async fn serve(
-    listener: TcpListener,
+    socket: Socket,
     gateway: Gateway,
     mut stop: watch::Receiver<bool>,
     serving: Serving,
 ) -> bool {
+    let Socket { listener, port, tls } = socket;
     let timeouts = serving.timeouts;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // The head limit is hyper's read buffer: a head that does not fit is answered 431, and a
@@ -307,51 +341,50 @@ async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let activity = Activity::new();
-        let client = ClientAddr { addr: remote, proto: Proto::Http };
-        let client_body = timeouts.client_body;
-        // Session tokens travel in these headers: marked sensitive, they stay out of traces
-        // and out of HTTP/2 header compression tables.
-        let inner = ServiceBuilder::new()
-            .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive.clone()))
-            .map_request(move |req: Request<Incoming>| {
-                let (parts, body) = req.into_parts();
-                let (body, done) = ClientBody::new(body, client_body);
-                let mut req = Request::from_parts(parts, Body::new(body));
-                req.extensions_mut().insert(client);
-                if let Some(done) = done {
-                    req.extensions_mut().insert(done);
-                }
-                req
-            })
-            .service(gateway.clone());
-        let outer = ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive.clone()));
-        let io = TokioIo::new(Watched::new(stream, activity.clone(), timeouts));
-        let connection = if traced {
-            let service = outer
-                .layer(TraceLayer::new_for_http().make_span_with(log_safe_span).on_failure(()))
-                .service(inner);
-            let service = Tracked::new(service, activity.clone());
-            let connection =
-                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
-            Either::Left(connection.into_owned())
-        } else {
-            let service = Tracked::new(outer.service(inner), activity.clone());
-            let connection =
-                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
-            Either::Right(connection.into_owned())
+        let proto = if tls.is_some() { Proto::Https } else { Proto::Http };
+        let connection = Connection {
+            builder: builder.clone(),
+            gateway: gateway.clone(),
+            sensitive: sensitive.clone(),
+            traced,
+            timeouts,
+            client: ClientAddr { addr: remote, proto },
+            port: ArrivedOn(port),
         };
         open.count.fetch_add(1, Ordering::AcqRel);
         let counted = Counted(open.clone());
-        let stop = stop.clone();
+        let mut stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _counted = counted;
             let _place = place;
-            match connection {
-                Either::Left(connection) => drive(connection, &activity, stop, remote).await,
-                Either::Right(connection) => drive(connection, &activity, stop, remote).await,
-            }
+            let Some(acceptor) = tls else {
+                connection.run(stream, stop).await;
+                return;
+            };
+            // The handshake is part of the request head: bounded by requestHeader, and
+            // dropped at once on shutdown.
+            let handshake = tokio::time::timeout(timeouts.request_header, acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => {
+                        crate::admin::tls_handshake(true);
+                        stream
+                    }
+                    Ok(Err(error)) => {
+                        crate::admin::tls_handshake(false);
+                        tracing::debug!(%error, client = %remote, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        crate::admin::tls_handshake(false);
+                        tracing::debug!(client = %remote, "TLS handshake timed out");
+                        return;
+                    }
+                },
+                _ = stop.wait_for(|&stop| stop) => return,
+            };
+            connection.run(stream, stop).await;
         });
     }
     drop(listener);
@@ -367,6 +400,63 @@ async fn serve(
     tokio::select! {
         () = all_closed => true,
         () = tokio::time::sleep(timeouts.shutdown_grace) => false,
+    }
+}
+
+/// What a connection's task needs to serve it, once its bytes are plain HTTP (after the TLS
+/// handshake on an HTTPS port).
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    gateway: Gateway,
+    sensitive: Arc<[HeaderName]>,
+    traced: bool,
+    timeouts: Timeouts,
+    client: ClientAddr,
+    port: ArrivedOn,
+}
+
+impl Connection {
+    async fn run<IO>(self, stream: IO, stop: watch::Receiver<bool>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection { builder, gateway, sensitive, traced, timeouts, client, port } = self;
+        let activity = Activity::new();
+        let client_body = timeouts.client_body;
+        // Session tokens travel in these headers: marked sensitive, they stay out of traces
+        // and out of HTTP/2 header compression tables.
+        let inner = ServiceBuilder::new()
+            .layer(SetSensitiveResponseHeadersLayer::from_shared(sensitive.clone()))
+            .map_request(move |req: Request<Incoming>| {
+                let (parts, body) = req.into_parts();
+                let (body, done) = ClientBody::new(body, client_body);
+                let mut req = Request::from_parts(parts, Body::new(body));
+                req.extensions_mut().insert(client);
+                req.extensions_mut().insert(port);
+                if let Some(done) = done {
+                    req.extensions_mut().insert(done);
+                }
+                req
+            })
+            .service(gateway);
+        let outer =
+            ServiceBuilder::new().layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive));
+        let io = TokioIo::new(Watched::new(stream, activity.clone(), timeouts));
+        let remote = client.addr;
+        if traced {
+            let service = outer
+                .layer(TraceLayer::new_for_http().make_span_with(log_safe_span).on_failure(()))
+                .service(inner);
+            let service = Tracked::new(service, activity.clone());
+            let connection =
+                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            drive(connection, &activity, stop, remote).await;
+        } else {
+            let service = Tracked::new(outer.service(inner), activity.clone());
+            let connection =
+                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            drive(connection, &activity, stop, remote).await;
+        }
     }
 }
 

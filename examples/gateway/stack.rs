@@ -28,8 +28,8 @@ use tower_session_persistence::strategy::Url;
 
 use crate::config::{EndpointPlan, Plan, RulePlan};
 use crate::proxy::{ClientAddr, RequestHost, ServedByEndpoint, Upstream, Upstreams};
-use crate::routing::{RouteTable, normalize_host};
-use crate::{access_log, failure};
+use crate::routing::{ArrivedOn, RouteTable, normalize_host};
+use crate::{access_log, admin, failure};
 
 /// A rule's whole stack, whatever its layers.
 type RuleService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
@@ -54,6 +54,8 @@ pub(crate) struct Rule {
     expected: usize,
     /// Endpoints that start draining, once the balancer knows them.
     initial_drains: Vec<Key>,
+    /// Its request metrics, when the admin port records them.
+    metrics: Option<Arc<admin::RouteMetrics>>,
 }
 
 /// One `backendRef` as the gateway runs it.
@@ -92,6 +94,8 @@ pub(crate) struct Gateway {
     path_parameters: Arc<[String]>,
     /// Whose `x-request-id` is kept.
     trusted: TrustedProxies,
+    /// The metrics of requests no rule matched (or refused before routing).
+    unrouted: Option<Arc<admin::RouteMetrics>>,
 }
 
 impl Gateway {
@@ -99,7 +103,7 @@ impl Gateway {
     pub(crate) fn new(plan: &Plan, upstreams: &Upstreams) -> Self {
         let rules = plan.rules.iter().map(|rule| {
             let built = build_rule(rule, plan, upstreams);
-            (rule.hostnames.clone(), rule.matches.clone(), built)
+            (rule.attachments.clone(), rule.matches.clone(), built)
         });
         let mut path_parameters: Vec<String> = plan
             .rules
@@ -109,9 +113,10 @@ impl Gateway {
         path_parameters.sort();
         path_parameters.dedup();
         Self {
-            table: Arc::new(RouteTable::new(rules)),
+            table: Arc::new(RouteTable::attached(rules)),
             path_parameters: path_parameters.into(),
             trusted: plan.edge.forwarded.trusted().clone(),
+            unrouted: admin::RouteMetrics::new("-"),
         }
     }
 
@@ -157,6 +162,24 @@ impl Gateway {
             }
         }
         changed
+    }
+
+    /// Every endpoint of every rule as this thread's balancers see it: its service, its key,
+    /// its state and its requests in flight (for the admin port).
+    pub(crate) fn endpoints(&self) -> Vec<(String, Key, EndpointState, usize)> {
+        let mut all = Vec::new();
+        for rule in self.table.targets() {
+            let Some(balancer) = &rule.balancer else { continue };
+            let current = rule.current.lock().unwrap_or_else(PoisonError::into_inner);
+            for backend in current.iter() {
+                for key in backend.endpoints.keys() {
+                    let Some(state) = balancer.state(key) else { continue };
+                    let in_flight = balancer.in_flight(key).unwrap_or(0);
+                    all.push((backend.service.clone(), key.clone(), state, in_flight));
+                }
+            }
+        }
+        all
     }
 
     pub(crate) async fn ready(&self, limit: Duration) -> bool {
@@ -251,6 +274,23 @@ fn drain_when_known(balancer: Balancer<Key, Upstream, Body>, key: Key) {
 
 fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
     let scope = rule.scope.clone();
+    if let Some(redirect) = rule.redirect.clone() {
+        let service = tower::service_fn(move |req: Request<Body>| {
+            std::future::ready(Ok::<_, Infallible>(redirect.respond(&req)))
+        });
+        tracing::info!(rule = %scope, "rule ready, redirecting");
+        return Rule {
+            scope,
+            service: RuleService::new(service),
+            endpoints: Vec::new(),
+            current: Mutex::default(),
+            upstreams: upstreams.clone(),
+            balancer: None,
+            expected: 0,
+            initial_drains: Vec::new(),
+            metrics: admin::RouteMetrics::new(&rule.scope),
+        };
+    }
     if rule.backends.is_empty() {
         // Gateway API: a rule with no backends answers 500.
         let service = tower::service_fn(|_: Request<Body>| async {
@@ -268,6 +308,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
             balancer: None,
             expected: 0,
             initial_drains: Vec::new(),
+            metrics: admin::RouteMetrics::new(&rule.scope),
         };
     }
 
@@ -332,6 +373,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
         balancer: Some(balancer),
         expected,
         initial_drains,
+        metrics: admin::RouteMetrics::new(&rule.scope),
     }
 }
 
@@ -377,9 +419,11 @@ impl Service<Request<Body>> for Gateway {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = access_log::Logged<
-        futures_util::future::Either<
-            Oneshot<RuleService, Request<Body>>,
-            std::future::Ready<Result<Response<Body>, Infallible>>,
+        admin::Measured<
+            futures_util::future::Either<
+                Oneshot<RuleService, Request<Body>>,
+                std::future::Ready<Result<Response<Body>, Infallible>>,
+            >,
         >,
     >;
 
@@ -391,10 +435,8 @@ impl Service<Request<Body>> for Gateway {
         let refuse = |req: &Request<Body>, status: StatusCode, reason: &str| {
             let entry = access_log::Entry::start(req, None, None);
             let answer = failure::text(status, reason);
-            access_log::Logged::new(
-                futures_util::future::Either::Right(std::future::ready(Ok(answer))),
-                entry,
-            )
+            let answer = futures_util::future::Either::Right(std::future::ready(Ok(answer)));
+            access_log::Logged::new(admin::Measured::new(answer, self.unrouted.as_ref()), entry)
         };
         // One host per request: two `Host` headers, or an authority that disagrees with
         // `Host`, could route by one host and reach the backend with the other.
@@ -414,18 +456,25 @@ impl Service<Request<Body>> for Gateway {
                 path = std::borrow::Cow::Owned(stripped);
             }
         }
-        let rule = self.table.find(normalized.as_deref(), &path);
+        let port = req.extensions().get::<ArrivedOn>().map(|on| on.0);
+        let rule = self.table.find(port, normalized.as_deref(), &path);
         drop(path);
         let entry =
             access_log::Entry::start(&req, rule.map(|rule| rule.scope.as_str()), Some(request_id));
         req.extensions_mut().insert(RequestHost(host));
         let future = match rule {
             Some(rule) => futures_util::future::Either::Left(rule.service.clone().oneshot(req)),
-            None => futures_util::future::Either::Right(std::future::ready(Ok(failure::text(
-                StatusCode::NOT_FOUND,
-                "no route matches this request",
-            )))),
+            None => futures_util::future::Either::Right(std::future::ready(Ok(
+                crate::grpc::no_route(&req).unwrap_or_else(|| {
+                    failure::text(StatusCode::NOT_FOUND, "no route matches this request")
+                }),
+            ))),
         };
+        let metrics = match rule {
+            Some(rule) => rule.metrics.as_ref(),
+            None => self.unrouted.as_ref(),
+        };
+        let future = admin::Measured::new(future, metrics);
         access_log::Logged::new(future, entry)
     }
 }

@@ -86,6 +86,7 @@ where
             {
                 let decision = Decision::Rejected;
                 tracing::debug!(decision = %decision, endpoint = ?key, scope = %settings.scope, "session");
+                crate::metrics::decision(&settings.scope, decision, key);
                 parts.extensions.insert(decision);
             } else if settings.watch.should_warn() {
                 warn_untagged::<K>(served_by_type(&parts.extensions), &settings.scope);
@@ -116,6 +117,7 @@ where
                 tracing::debug!(decision = %decision, endpoint = ?served, scope = %settings.scope, "session");
             }
         }
+        crate::metrics::decision(&settings.scope, decision, &served);
         parts.extensions.insert(decision);
         Poll::Ready(Ok(http::Response::from_parts(parts, body)))
     }

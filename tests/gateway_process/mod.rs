@@ -202,3 +202,75 @@ pub fn run_gateway(args: &[&str]) -> (ExitStatus, String, String) {
     // The pipes close with the process, which ends the readers.
     (status, stdout.join().unwrap(), stderr.join().unwrap())
 }
+
+// ----- Gateways with several ports (`gateways:`, `admin:`). -----
+
+/// A running gateway with several listening lines; killed when dropped.
+pub struct Running {
+    pub child: Child,
+    /// One URL per port, in the order printed.
+    pub urls: Vec<String>,
+    pub stderr: Arc<Mutex<String>>,
+    pub config: TempFile,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    pub fn port(&self, index: usize) -> u16 {
+        self.urls[index].rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Waits until the log shows `text` (for live changes).
+    pub async fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Starts the gateway on `config` (no `--listen`) and reads its first `lines` lines on
+/// stdout: `listening on URL` (one per port) and `admin on URL`, each kept without its words.
+pub async fn start_lines(config: &str, lines: usize) -> Running {
+    let file = TempFile::new(config);
+    let mut child = Command::new(gateway_bin())
+        .arg("--config")
+        .arg(&file.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = drain(child.stderr.take().unwrap());
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut read = BufReader::new(stdout).lines();
+        let first: Vec<String> = read.by_ref().take(lines).map_while(Result::ok).collect();
+        let _ = tx.send(first);
+        for _ in read {}
+    });
+    let urls = tokio::time::timeout(PATIENCE, rx).await.ok().and_then(Result::ok);
+    let mut running = Running { child, urls: Vec::new(), stderr, config: file };
+    let Some(urls) = urls.filter(|u| u.len() == lines) else {
+        panic!("no listening lines; stderr:\n{}", running.stderr.lock().unwrap());
+    };
+    running.urls = urls
+        .iter()
+        .map(|line| {
+            let url = line.strip_prefix("listening on ").or_else(|| line.strip_prefix("admin on "));
+            url.expect("a listening line").to_owned()
+        })
+        .collect();
+    running
+}

@@ -1,0 +1,37 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade, with the `metrics` feature:
+//! the application installs the recorder it wants (Prometheus, StatsD, …); without one, or
+//! without the feature, nothing is recorded and nothing is paid.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `session_persistence_decisions_total` | counter | `scope`, `decision` (`new`, `pinned`, `re-pinned`, `expired`, `invalid`, `rejected`), `endpoint` |
+//!
+//! Labels come from configuration only: the layer's scope and the balancer's endpoint keys.
+//! No token, cookie value or client address is ever a label, so the number of series is
+//! bounded by scopes × decisions × endpoints.
+
+/// The counter of session decisions.
+pub const DECISIONS_TOTAL: &str = "session_persistence_decisions_total";
+
+/// Counts one decision of the layer of `scope`, for `endpoint` (the endpoint that served the
+/// request, or the pinned one for `rejected`).
+#[inline]
+pub(crate) fn decision<K: crate::EndpointKey>(
+    scope: &str,
+    decision: crate::layer::Decision,
+    endpoint: &K,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let endpoint = String::from_utf8_lossy(&endpoint.to_bytes()).into_owned();
+        ::metrics::counter!(
+            DECISIONS_TOTAL,
+            "scope" => scope.to_owned(),
+            "decision" => decision.as_str(),
+            "endpoint" => endpoint,
+        )
+        .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (scope, decision, endpoint);
+}

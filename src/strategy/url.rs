@@ -1,4 +1,4 @@
-use http::header::{HeaderName, HeaderValue, LOCATION};
+use http::header::{HOST, HeaderName, HeaderValue, LOCATION};
 use http::uri::PathAndQuery;
 use http::{Uri, request, response};
 
@@ -124,10 +124,21 @@ fn with_target(uri: &Uri, target: &str) -> Option<Uri> {
 }
 
 impl Strategy for Url {
-    type State = ();
+    /// The host the request was for: redirects elsewhere never carry the token.
+    type State = Option<String>;
 
-    fn on_request(&self, policy: &SessionPolicy, req: &mut request::Parts) -> (Option<String>, ()) {
-        (self.read(policy, req), ())
+    fn on_request(
+        &self,
+        policy: &SessionPolicy,
+        req: &mut request::Parts,
+    ) -> (Option<String>, Option<String>) {
+        let host = req
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+            .map(str::to_ascii_lowercase);
+        (self.read(policy, req), host)
     }
 
     fn on_valid(&self, _policy: &SessionPolicy, req: &mut request::Parts, token: &str) {
@@ -143,7 +154,7 @@ impl Strategy for Url {
         policy: &SessionPolicy,
         res: &mut response::Parts,
         reply: &Reply<'_>,
-        (): (),
+        host: Option<String>,
     ) {
         if !reply.is_due() {
             return;
@@ -151,12 +162,41 @@ impl Strategy for Url {
         let Some(location) = res.headers.get(LOCATION).and_then(|l| l.to_str().ok()) else {
             return;
         };
+        // The token goes only where this session is valid: relative targets, and absolute
+        // ones naming the host the request was for (not an identity provider's login page).
+        if !same_origin(location, host.as_deref()) {
+            return;
+        }
         let Some(token) = reply.token() else { return };
         let rewritten = urls::with_token(location, self.place, policy.name(), token);
         if let Ok(value) = HeaderValue::try_from(rewritten) {
             res.headers.insert(LOCATION, value);
         }
     }
+}
+
+/// Whether a `Location` target stays on `host`: a relative reference, or an absolute one
+/// (`scheme://authority…`, `//authority…`) whose authority is `host` (case-insensitive).
+fn same_origin(location: &str, host: Option<&str>) -> bool {
+    let after_scheme = match location.find([':', '/', '?', '#']) {
+        Some(colon) if location.as_bytes()[colon] == b':' => {
+            let scheme = &location[..colon];
+            let is_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if !is_scheme {
+                return true;
+            }
+            &location[colon + 1..]
+        }
+        _ => location,
+    };
+    let Some(rest) = after_scheme.strip_prefix("//") else {
+        // No authority: relative (or `mailto:`-like, which names no host of ours either way).
+        return after_scheme.len() == location.len();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    host.is_some_and(|host| authority.eq_ignore_ascii_case(host))
 }
 
 impl Url {
@@ -174,5 +214,31 @@ impl Url {
             req.uri = uri;
         }
         token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn only_same_origin_redirects_carry_the_token() {
+        let host = Some("shop.example:8080");
+        for relative in ["/cart", "cart", "?page=2", "#top", "../x", "/a:b"] {
+            assert!(same_origin(relative, host), "{relative}");
+        }
+        assert!(same_origin("http://shop.example:8080/cart", host));
+        assert!(same_origin("HTTPS://Shop.Example:8080", host));
+        assert!(same_origin("//shop.example:8080/x", host));
+        for elsewhere in [
+            "https://login.example/authorize?x=1",
+            "//login.example/x",
+            "http://shop.example/cart",
+            "http://evil.example@login.example/",
+            "mailto:someone@shop.example",
+        ] {
+            assert!(!same_origin(elsewhere, host), "{elsewhere}");
+        }
+        assert!(!same_origin("https://shop.example/", None));
     }
 }

@@ -435,7 +435,7 @@ pub(crate) fn duration(text: Option<&str>, at: &str) -> Result<Option<Duration>,
         parse_duration(text).ok_or_else(|| {
             ConfigError::new(
                 at,
-                format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 30s or 1m30s"),
+                format!("{text:?} is not a Gateway API duration (GEP-2257), e.g. 1h30m or 10s"),
             )
         })
     })

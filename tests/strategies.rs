@@ -418,6 +418,7 @@ async fn url_sessions_travel_in_path_or_query_parameters() {
         &svc,
         Request::builder()
             .uri("/a")
+            .header("host", "shop.example")
             .header("x-respond-status", "303")
             .header("x-respond-location", "https://shop.example/b"),
     )
@@ -425,6 +426,17 @@ async fn url_sessions_travel_in_path_or_query_parameters() {
     assert!(
         res.headers()["location"].to_str().unwrap().starts_with("https://shop.example/b?session=")
     );
+    // Another host (an identity provider, say) never gets the token.
+    let res = call(
+        &svc,
+        Request::builder()
+            .uri("/a")
+            .header("host", "shop.example")
+            .header("x-respond-status", "303")
+            .header("x-respond-location", "https://login.example/authorize?x=1"),
+    )
+    .await;
+    assert_eq!(res.headers()["location"], "https://login.example/authorize?x=1");
 }
 
 /// The layer's part in an upgrade, with scripted responses (nothing is upgraded here; see

@@ -23,7 +23,8 @@
 # the first ones only: with one, no route has a balancing choice), CODEC (signed; or sealed,
 # plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), PROFILE (perf: the cargo profile the
 # gateway is built with; or release), TARGETS (a space-separated subset of the target names
-# below).
+# below), BEFORE (another gateway binary, e.g. an earlier commit's: started with the sticky
+# configuration as the targets before-sticky-*, measured in the same rounds).
 
 source "$(dirname "$0")/lib.sh"
 
@@ -117,6 +118,14 @@ start_gateway "$WORK/gateway-sticky.yaml" gateway-sticky
 GW_STICKY_PID=$GATEWAY_PID
 start_gateway "$WORK/gateway-plain.yaml" gateway-plain
 GW_PLAIN_PID=$GATEWAY_PID
+GW_BEFORE_PID=
+if [ -n "${BEFORE:-}" ]; then
+    free_port; G_BEFORE=$PORT
+    gateway_config "$G_BEFORE" yes >"$WORK/gateway-before.yaml"
+    AFTER_BINARY="$GATEWAY" GATEWAY="$BEFORE"
+    start_gateway "$WORK/gateway-before.yaml" gateway-before
+    GW_BEFORE_PID=$GATEWAY_PID GATEWAY="$AFTER_BINARY"
+fi
 
 # One valid session per backend: ask without a cookie until each backend has answered.
 # `$1`: the URL; prints BACKENDS `Cookie` values, s1's first.
@@ -188,6 +197,11 @@ haproxy-plain-nocookie|$HAPROXY_PID|http://127.0.0.1:$H_PLAIN/|-
 gateway-plain-nocookie|$GW_PLAIN_PID|http://127.0.0.1:$G_PLAIN/|-
 gateway-plain-cookie|$GW_PLAIN_PID|http://127.0.0.1:$G_PLAIN/|$GW_PLAIN_LUA
 "
+if [ -n "$GW_BEFORE_PID" ]; then
+    TARGETS_ALL+="before-sticky-nocookie|$GW_BEFORE_PID|http://127.0.0.1:$G_BEFORE/|-
+before-sticky-cookie|$GW_BEFORE_PID|http://127.0.0.1:$G_BEFORE/|$GW_LUA
+"
+fi
 TARGET_LINES=()
 while IFS= read -r line; do
     [ -n "$line" ] || continue
@@ -289,6 +303,8 @@ summary() {
         pair("gateway-sticky-nocookie", "gateway-plain-nocookie", "gateway with / without persistence, no cookie")
         pair("gateway-sticky-cookie", "gateway-plain-cookie", "gateway with / without persistence, with a cookie")
         pair("haproxy-sticky-nocookie", "haproxy-plain-nocookie", "HAProxy with / without persistence, no cookie")
+        pair("before-sticky-nocookie", "haproxy-sticky-nocookie", "BEFORE gateway / HAProxy, no cookie")
+        pair("before-sticky-cookie", "haproxy-sticky-cookie", "BEFORE gateway / HAProxy, with a session cookie")
     }
     function pair(a, b, label) {
         if (!(a in R) || !(b in R)) return

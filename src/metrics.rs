@@ -5,6 +5,8 @@
 //! | name | kind | labels |
 //! |---|---|---|
 //! | `session_persistence_decisions_total` | counter | `scope`, `decision` (`new`, `pinned`, `re-pinned`, `expired`, `invalid`, `rejected`), `endpoint` |
+//! | `gateway_redispatches_total` | counter | `reason`: `not_sent` (the endpoint never got the request), `sent` (an idempotent request retried by opt-in) |
+//! | `gateway_redispatches_denied_total` | counter | `reason`: `attempts` (the request's attempts spent), `budget` (the balancer's retry budget spent) |
 //!
 //! Labels come from configuration only: the layer's scope and the balancer's endpoint keys.
 //! No token, cookie value or client address is ever a label, so the number of series is
@@ -34,4 +36,30 @@ pub(crate) fn decision<K: crate::EndpointKey>(
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (scope, decision, endpoint);
+}
+
+/// The counter of requests the balancer sent to another endpoint.
+pub const REDISPATCHES_TOTAL: &str = "gateway_redispatches_total";
+
+/// The counter of failed requests the balancer could have sent elsewhere but did not.
+pub const REDISPATCHES_DENIED_TOTAL: &str = "gateway_redispatches_denied_total";
+
+/// Counts one redispatch; `reason` is `not_sent` or `sent`.
+#[cfg(feature = "balance")]
+#[inline]
+pub(crate) fn redispatched(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(REDISPATCHES_TOTAL, "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
+}
+
+/// Counts one redispatch refused; `reason` is `attempts` or `budget`.
+#[cfg(feature = "balance")]
+#[inline]
+pub(crate) fn redispatch_denied(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(REDISPATCHES_DENIED_TOTAL, "reason" => reason).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = reason;
 }

@@ -11,6 +11,7 @@ use http::{Request, Response};
 use tower::BoxError;
 use tower::balance::p2c::Balance;
 use tower::discover::{Change, Discover};
+use tower::retry::budget::{Budget, TpsBudget};
 use tower_service::Service;
 
 use super::affinity::{AffinityKey, NoAffinity};
@@ -18,6 +19,7 @@ use super::core::{Classifier, Core, Settings, dispatch};
 use super::failure::{NoReplay, Replay, ReplayEmptyBodies, is_connect_failure};
 use super::future::{Mode, ResponseFuture};
 use super::state::EndpointState;
+use super::view::{EndpointStats, HealthView, Member};
 use crate::policy::SessionPolicy;
 use crate::token::Codec;
 use crate::{
@@ -61,10 +63,11 @@ where
 
 /// Configures and starts a [`Balancer`].
 ///
-/// `A` is the affinity key extractor ([`affinity`](Self::affinity)) and `R` the replay policy
-/// ([`replay`](Self::replay)); both default to "none".
+/// `A` is the affinity key extractor ([`affinity`](Self::affinity)), `R` the replay policy
+/// ([`replay`](Self::replay)), both "none" by default, and `V` the [`HealthView`] shared with
+/// other balancers ([`health_view`](Self::health_view)), by default one of its own.
 #[must_use = "a builder does nothing until `build` is called"]
-pub struct BalancerBuilder<D, A = NoAffinity, R = NoReplay> {
+pub struct BalancerBuilder<D, A = NoAffinity, R = NoReplay, V = OwnView> {
     groups: Vec<(u64, D)>,
     on_unavailable: OnUnavailable,
     capacity: usize,
@@ -74,9 +77,38 @@ pub struct BalancerBuilder<D, A = NoAffinity, R = NoReplay> {
     classifier: Classifier,
     affinity: A,
     replay: R,
+    view: V,
+    retry_sent: bool,
+    redispatches: u8,
+    budget: Option<(u32, f32)>,
 }
 
-impl<D, A, R> fmt::Debug for BalancerBuilder<D, A, R> {
+/// The default of [`BalancerBuilder`]'s view: a [`HealthView`] of the balancer's own, shared
+/// by its clones only.
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct OwnView;
+
+/// What [`BalancerBuilder::build`] takes its [`HealthView`] from: [`OwnView`] (a new one) or
+/// a given view.
+pub trait IntoHealthView<K> {
+    /// The view.
+    fn into_view(self) -> HealthView<K>;
+}
+
+impl<K: EndpointKey> IntoHealthView<K> for OwnView {
+    fn into_view(self) -> HealthView<K> {
+        HealthView::new()
+    }
+}
+
+impl<K> IntoHealthView<K> for HealthView<K> {
+    fn into_view(self) -> HealthView<K> {
+        self
+    }
+}
+
+impl<D, A, R, V> fmt::Debug for BalancerBuilder<D, A, R, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalancerBuilder")
             .field("weights", &self.groups.iter().map(|g| g.0).collect::<Vec<_>>())
@@ -85,6 +117,9 @@ impl<D, A, R> fmt::Debug for BalancerBuilder<D, A, R> {
             .field("failfast", &self.failfast)
             .field("endpoint_queue", &self.endpoint_queue)
             .field("eject_for", &self.eject_for)
+            .field("retry_sent", &self.retry_sent)
+            .field("redispatches", &self.redispatches)
+            .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +136,12 @@ const FAILFAST: Duration = Duration::from_secs(1);
 const ENDPOINT_QUEUE: usize = 128;
 /// Default of [`BalancerBuilder::eject_for`].
 const EJECT_FOR: Duration = Duration::from_secs(10);
+/// Default of [`BalancerBuilder::redispatches`]: HAProxy's `retries 3`.
+const REDISPATCHES: u8 = 3;
+/// Default of [`BalancerBuilder::retry_budget`]: linkerd's, 20% of requests and 10 a second.
+const BUDGET: (u32, f32) = (10, 0.2);
+/// How long a request counts towards the retry budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 impl<D> BalancerBuilder<D> {
     /// Starts configuring a balancer; add groups with [`group`](Self::group).
@@ -115,11 +156,15 @@ impl<D> BalancerBuilder<D> {
             classifier: Arc::new(is_connect_failure),
             affinity: NoAffinity,
             replay: NoReplay,
+            view: OwnView,
+            retry_sent: false,
+            redispatches: REDISPATCHES,
+            budget: Some(BUDGET),
         }
     }
 }
 
-impl<D, A, R> BalancerBuilder<D, A, R> {
+impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
     /// Adds a group of endpoints (a Gateway API `backendRef`) with its weight. New sessions
     /// are spread over groups by weight; established sessions reach their endpoint whatever
     /// its group's weight, 0 included. Groups are numbered from 0 in the order they are
@@ -196,7 +241,7 @@ impl<D, A, R> BalancerBuilder<D, A, R> {
     /// rendezvous hashing, respecting group weights and skipping draining and ejected
     /// endpoints. Requests without a key, or whose endpoint is busy past the deadline, are
     /// balanced by p2c.
-    pub fn affinity<A2>(self, key: A2) -> BalancerBuilder<D, A2, R> {
+    pub fn affinity<A2>(self, key: A2) -> BalancerBuilder<D, A2, R, V> {
         BalancerBuilder {
             groups: self.groups,
             on_unavailable: self.on_unavailable,
@@ -207,15 +252,22 @@ impl<D, A, R> BalancerBuilder<D, A, R> {
             classifier: self.classifier,
             affinity: key,
             replay: self.replay,
+            view: self.view,
+            retry_sent: self.retry_sent,
+            redispatches: self.redispatches,
+            budget: self.budget,
         }
     }
 
-    /// Lets a request whose endpoint failed to connect be sent once more, on the balanced
-    /// path (so the layer re-pins its session): `replay` makes the copy before the first
-    /// attempt. See [`ReplayEmptyBodies`] and [`replay_empty_bodies`](Self::replay_empty_bodies).
-    /// Not done under [`OnUnavailable::Reject`] for pinned requests: they get
-    /// [`PinnedUnavailable`].
-    pub fn replay<R2>(self, replay: R2) -> BalancerBuilder<D, A, R2> {
+    /// Copies each request before its first attempt, so that it can be sent again when its
+    /// endpoint fails without handing it back ([`NotSent::with_request`]) and, with
+    /// [`retry_sent_idempotent`](Self::retry_sent_idempotent), after an idempotent request
+    /// failed once sent. See [`ReplayEmptyBodies`] and
+    /// [`replay_empty_bodies`](Self::replay_empty_bodies). Never needed for endpoint services
+    /// that hand unsent requests back: those are redispatched whatever their method and body.
+    ///
+    /// [`NotSent::with_request`]: super::NotSent::with_request
+    pub fn replay<R2>(self, replay: R2) -> BalancerBuilder<D, A, R2, V> {
         BalancerBuilder {
             groups: self.groups,
             on_unavailable: self.on_unavailable,
@@ -226,13 +278,76 @@ impl<D, A, R> BalancerBuilder<D, A, R> {
             classifier: self.classifier,
             affinity: self.affinity,
             replay,
+            view: self.view,
+            retry_sent: self.retry_sent,
+            redispatches: self.redispatches,
+            budget: self.budget,
         }
     }
 
     /// Replays requests whose body is empty: [`replay`](Self::replay) with
     /// [`ReplayEmptyBodies`].
-    pub fn replay_empty_bodies(self) -> BalancerBuilder<D, A, ReplayEmptyBodies> {
+    pub fn replay_empty_bodies(self) -> BalancerBuilder<D, A, ReplayEmptyBodies, V> {
         self.replay(ReplayEmptyBodies)
+    }
+
+    /// Shares `view` with every other balancer built with it: one failure seen by any ejects
+    /// the endpoint in all, and p2c everywhere compares the endpoint's whole load. Give one
+    /// view to all the per-core (or per-route) balancers of a process over the same
+    /// endpoints. The view's key type is the balancer's: a mismatch does not compile.
+    pub fn health_view<K>(self, view: HealthView<K>) -> BalancerBuilder<D, A, R, HealthView<K>> {
+        BalancerBuilder {
+            groups: self.groups,
+            on_unavailable: self.on_unavailable,
+            capacity: self.capacity,
+            failfast: self.failfast,
+            endpoint_queue: self.endpoint_queue,
+            eject_for: self.eject_for,
+            classifier: self.classifier,
+            affinity: self.affinity,
+            replay: self.replay,
+            view,
+            retry_sent: self.retry_sent,
+            redispatches: self.redispatches,
+            budget: self.budget,
+        }
+    }
+
+    /// How many times one request may be *redispatched*: sent to another endpoint after its
+    /// endpoint failed before it was sent (default 3, HAProxy's `retries 3`). Every attempt
+    /// goes through the balanced path, on a fresh choice of endpoint (the failed one is
+    /// ejected); the layer then re-pins the session once, to the endpoint that answered.
+    /// `0` turns redispatch off. Not done under [`OnUnavailable::Reject`] for pinned
+    /// requests: they get [`PinnedUnavailable`].
+    pub fn redispatches(mut self, attempts: u8) -> Self {
+        self.redispatches = attempts;
+        self
+    }
+
+    /// Bounds redispatches to `ratio` of recent requests (over 10 s; `0.2` is one
+    /// redispatch per five requests) plus `min_per_sec` a second (default 0.2 and 10,
+    /// linkerd's retry budget), so that a failing fleet is not sent more load than it gets.
+    /// `ratio` is clamped to 0–1000 (a `NaN` counts as 0).
+    pub fn retry_budget(mut self, ratio: f32, min_per_sec: u32) -> Self {
+        let ratio = if ratio.is_nan() { 0.0 } else { ratio.clamp(0.0, 1000.0) };
+        self.budget = Some((min_per_sec.min(i32::MAX as u32 - 1), ratio));
+        self
+    }
+
+    /// No retry budget: each request gets its [`redispatches`](Self::redispatches), however
+    /// many fail.
+    pub fn no_retry_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Also send again an *idempotent* request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) that
+    /// reached its endpoint and then failed (a reset, a timeout), from the copy made by
+    /// [`replay`](Self::replay); off by default, since the endpoint may have acted on it.
+    /// The endpoint is not ejected for such an error.
+    pub fn retry_sent_idempotent(mut self, on: bool) -> Self {
+        self.retry_sent = on;
+        self
     }
 
     /// Starts the balancer: per group, one task that follows its discovery and one that
@@ -253,7 +368,11 @@ impl<D, A, R> BalancerBuilder<D, A, R> {
         RB: Send + 'static,
         A: AffinityKey<B>,
         R: Replay<B>,
+        V: IntoHealthView<K>,
     {
+        let budget = self
+            .budget
+            .map(|(min_per_sec, ratio)| TpsBudget::new(BUDGET_WINDOW, min_per_sec, ratio));
         let settings = Settings {
             on_unavailable: self.on_unavailable,
             failfast: self.failfast,
@@ -265,10 +384,16 @@ impl<D, A, R> BalancerBuilder<D, A, R> {
                 .enabled()
                 .then(|| Box::new(self.affinity) as Box<dyn AffinityKey<B>>),
             replay: self.replay.enabled().then(|| Box::new(self.replay) as Box<dyn Replay<B>>),
+            retry_sent: self.retry_sent,
+            redispatches: self.redispatches,
+            budget,
         };
         let weights: Vec<u64> = self.groups.iter().map(|(w, _)| *w).collect();
-        let (core, ends) = Core::new(&weights, self.capacity, settings);
+        let view = self.view.into_view();
+        let (core, ends) = Core::new(&weights, self.capacity, settings, view.clone());
         let core = Arc::new(core);
+        let member: Weak<dyn Member<K>> = Arc::downgrade(&core) as Weak<dyn Member<K>>;
+        view.join(member);
         for (group, ((_, discover), (p2c, queue))) in self.groups.into_iter().zip(ends).enumerate()
         {
             tokio::spawn(dispatch(Balance::new(p2c), queue));
@@ -351,10 +476,23 @@ where
         self.core.endpoints()
     }
 
-    /// Requests in flight to the endpoint `key` now; with [`drain`](Self::drain), tells when
-    /// a draining endpoint has gone quiet.
+    /// Requests in flight to the endpoint `key` now (from every balancer of its
+    /// [`HealthView`]); with [`drain`](Self::drain), tells when a draining endpoint has gone
+    /// quiet.
     pub fn in_flight(&self, key: &K) -> Option<usize> {
         self.core.in_flight(key)
+    }
+
+    /// What is known of the endpoint `key` (from every balancer of its [`HealthView`]): load,
+    /// ejection, pinned requests and the time of the last one while draining, which tells an
+    /// operator that a drain has gone quiet. `None` if this balancer does not know `key`.
+    pub fn stats(&self, key: &K) -> Option<EndpointStats> {
+        self.core.stats(key)
+    }
+
+    /// The [`HealthView`] this balancer shares with others (its own, if it was given none).
+    pub fn health_view(&self) -> &HealthView<K> {
+        &self.core.view
     }
 
     /// Moves the endpoint `key` to `state`; returns `false` if it is not known.
@@ -429,6 +567,9 @@ where
         let core = &self.core;
         let pin = PinnedEndpoint::<K>::take(req.extensions_mut());
         let replay = core.settings.replay.as_ref().and_then(|r| r.replay(&req));
+        if let Some(budget) = &core.settings.budget {
+            budget.deposit();
+        }
         if let Some(PinnedEndpoint(key)) = pin {
             match core.pinned(&key) {
                 Some(endpoint) => {

@@ -1,16 +1,18 @@
 //! The balancer's shared state: the table of endpoints and their states, one p2c dispatcher
 //! per weighted group, and every state transition.
 //!
-//! Every transition (insert, remove, drain, eject, recover) happens under the table's write
-//! lock and sends its p2c change while holding it, so the order of changes in each group's
-//! p2c channel is the order of the transitions. The lock is never held across an `.await`.
+//! Every change of an endpoint's lists (members, p2c) happens under the table's write lock, and
+//! is made to match the endpoint's state *now* (`resync`), whoever changed it: this balancer,
+//! or another balancer of the same [`HealthView`] (an ejection seen elsewhere, its end), which
+//! tells every balancer of the view with no lock held. So the lists follow the last state
+//! whatever order the notices arrive in. The lock is never held across an `.await`.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tower::BoxError;
 use tower::balance::p2c::Balance;
+use tower::retry::budget::TpsBudget;
 use tower_service::Service;
 
 use super::affinity::{self, AffinityKey};
@@ -27,6 +30,7 @@ use super::endpoint::{Endpoint, Gated, GatedFuture, Health};
 use super::failure::Replay;
 use super::feed::{FeedReceiver, FeedSender, feed};
 use super::state::EndpointState;
+use super::view::{EndpointStats, HealthView, Member, Shared};
 use super::weights::WeightedPicker;
 use crate::{EndpointKey, OnUnavailable};
 
@@ -117,6 +121,12 @@ pub(crate) struct Settings<B> {
     pub(crate) classifier: Classifier,
     pub(crate) affinity: Option<Box<dyn AffinityKey<B>>>,
     pub(crate) replay: Option<Box<dyn Replay<B>>>,
+    /// Also send the replay copy again after an idempotent request failed once sent.
+    pub(crate) retry_sent: bool,
+    /// How many times one request may be sent to another endpoint.
+    pub(crate) redispatches: u8,
+    /// Redispatches as a share of requests, so that a failing fleet is not sent more load.
+    pub(crate) budget: Option<TpsBudget>,
 }
 
 impl<B> fmt::Debug for Settings<B> {
@@ -128,6 +138,9 @@ impl<B> fmt::Debug for Settings<B> {
             .field("eject_for", &self.eject_for)
             .field("affinity", &self.affinity.is_some())
             .field("replay", &self.replay.is_some())
+            .field("retry_sent", &self.retry_sent)
+            .field("redispatches", &self.redispatches)
+            .field("budget", &self.budget.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +162,8 @@ struct Slot<K, S> {
     group: usize,
     /// The endpoint's affinity hash.
     hash: u64,
+    /// In its group's members and p2c set now.
+    listed: bool,
 }
 
 struct Table<K, S> {
@@ -165,6 +180,8 @@ where
     table: RwLock<Table<K, S>>,
     groups: Box<[Group<K, S, B>]>,
     picker: WeightedPicker,
+    /// What every balancer of the process knows about the endpoints.
+    pub(crate) view: HealthView<K>,
     pub(crate) settings: Settings<B>,
 }
 
@@ -219,6 +236,7 @@ where
         weights: &[u64],
         capacity: usize,
         settings: Settings<B>,
+        view: HealthView<K>,
     ) -> (Self, Vec<GroupEnds<K, S, B>>) {
         let mut groups = Vec::with_capacity(weights.len());
         let mut ends = Vec::with_capacity(weights.len());
@@ -239,86 +257,92 @@ where
             table: RwLock::new(table),
             groups: groups.into_boxed_slice(),
             picker: WeightedPicker::default(),
+            view,
             settings,
         };
         (core, ends)
     }
 
-    /// Brings a group's members and p2c set in line with an endpoint's eligibility, after a
-    /// transition that changed it from `was` to `now`. Called under the write lock.
-    fn resync(&self, table: &mut Table<K, S>, key: &K, group: usize, was: bool, now: bool) {
+    /// Brings the group's members and p2c set in line with `key`'s eligibility now. Called
+    /// under the write lock, after every transition: whoever made it (this balancer, another
+    /// of the same view), the lists follow the state.
+    fn resync(&self, table: &mut Table<K, S>, key: &K) {
+        let Some(slot) = table.slots.get_mut(key) else { return };
+        let now = slot.endpoint.health().is_eligible();
+        if slot.listed == now {
+            return;
+        }
+        slot.listed = now;
+        let (group, hash, endpoint) = (slot.group, slot.hash, slot.endpoint.clone());
         let g = &self.groups[group];
-        if was && !now {
+        if now {
+            table.members[group].push((hash, endpoint.clone()));
+            g.p2c.insert(key.clone(), Gated(endpoint));
+        } else {
             table.members[group].retain(|(_, e)| e.key() != key);
             g.p2c.remove(key.clone());
-        }
-        if !was
-            && now
-            && let Some(slot) = table.slots.get(key)
-        {
-            let endpoint = slot.endpoint.clone();
-            table.members[group].push((slot.hash, endpoint.clone()));
-            g.p2c.insert(key.clone(), Gated(endpoint));
         }
         g.eligible.store(table.members[group].len(), Ordering::Release);
     }
 
+    /// Takes `key` out of its group's lists whatever its state (before its slot is replaced
+    /// or removed).
+    fn unlist(&self, table: &mut Table<K, S>, key: &K) {
+        let Some(slot) = table.slots.get_mut(key) else { return };
+        let group = slot.group;
+        slot.listed = false;
+        table.members[group].retain(|(_, e)| e.key() != key);
+        // p2c may hold a copy even when unlisted: from before the endpoint became ineligible.
+        self.groups[group].p2c.remove(key.clone());
+        self.groups[group].eligible.store(table.members[group].len(), Ordering::Release);
+    }
+
     /// Discovery inserted `key` into `group`: a new endpoint, or a new service for a known
     /// one. Either way it serves (an insert ends a drain); a replaced endpoint keeps its load
-    /// and any ejection in progress.
+    /// and any ejection in progress, which the view keeps for every balancer.
     pub(crate) fn insert(&self, group: usize, key: K, service: S) {
         let mut table = self.write();
         let health = match table.slots.get(&key) {
             Some(slot) if slot.group == group => {
                 let health = slot.endpoint.health().clone();
                 // Out with the old service everywhere it is listed; back in below.
-                let was = health.is_eligible();
-                self.resync(&mut table, &key, group, was, false);
+                self.unlist(&mut table, &key);
                 health
             }
             Some(slot) => {
                 let (old, health) = (slot.group, slot.endpoint.health().clone());
                 tracing::warn!(endpoint = ?key, from = old, to = group, "endpoint key inserted by a second group; keys must be unique across groups, moving it");
-                let was = health.is_eligible();
-                self.resync(&mut table, &key, old, was, false);
+                self.unlist(&mut table, &key);
                 health.set_removed();
-                Arc::default()
+                Arc::new(Health::new(health.shared.clone()))
             }
             None => {
                 tracing::debug!(endpoint = ?key, group, "endpoint added");
-                Arc::default()
+                Arc::new(Health::new(self.view.shared(&key)))
             }
         };
         health.set_draining(false);
         let hash = affinity::endpoint_hash(&key.to_bytes());
-        let endpoint = Endpoint::with_health(key.clone(), service, health.clone());
-        table.slots.insert(key.clone(), Slot { endpoint, group, hash });
-        let now = health.is_eligible();
-        self.resync(&mut table, &key, group, false, now);
+        let endpoint = Endpoint::with_health(key.clone(), service, health);
+        table.slots.insert(key.clone(), Slot { endpoint, group, hash, listed: false });
+        self.resync(&mut table, &key);
     }
 
     /// Discovery removed `key` from `group`: its sessions fail over from now on.
     pub(crate) fn remove(&self, group: usize, key: &K) {
         let mut table = self.write();
-        match table.slots.get(key) {
-            Some(slot) if slot.group == group => {}
+        let health = match table.slots.get(key) {
+            Some(slot) if slot.group == group => slot.endpoint.health().clone(),
             Some(_) => {
                 tracing::debug!(endpoint = ?key, group, "remove ignored: the key belongs to another group");
                 return;
             }
             None => return,
-        }
+        };
         tracing::debug!(endpoint = ?key, group, "endpoint removed");
-        let Some(slot) = table.slots.get(key) else { return };
-        let health = slot.endpoint.health().clone();
-        let was = health.is_eligible();
-        self.resync(&mut table, key, group, was, false);
+        self.unlist(&mut table, key);
         table.slots.remove(key);
         health.set_removed();
-        if !was {
-            // p2c may still hold a copy from before the endpoint became ineligible.
-            self.groups[group].p2c.remove(key.clone());
-        }
     }
 
     /// The state of `key`, or `None` if it is not known.
@@ -339,84 +363,77 @@ where
         self.read().slots.get(key).map(|slot| slot.endpoint.in_flight())
     }
 
-    /// Moves `key` to `state`; `false` if it is not known.
-    pub(crate) fn set_state(self: &Arc<Self>, key: &K, state: EndpointState) -> bool {
+    /// Moves `key` to `state`; `false` if it is not known. Draining is this balancer's own;
+    /// an ejection (or its end) reaches every balancer of the view.
+    pub(crate) fn set_state(&self, key: &K, state: EndpointState) -> bool {
         let mut table = self.write();
         let Some(slot) = table.slots.get(key) else { return false };
-        let (health, group) = (slot.endpoint.health().clone(), slot.group);
-        let was = health.is_eligible();
-        let mut timer = None;
+        let health = slot.endpoint.health().clone();
+        let shared = health.shared.clone();
+        let mut ejection = None;
+        let mut recovered = false;
         match state {
             EndpointState::Serving => {
                 health.set_draining(false);
-                if health.set_ejected(false) {
-                    health.next_ejection();
+                if shared.set_ejected(false) {
+                    shared.next_ejection();
+                    recovered = true;
                 }
             }
             EndpointState::Draining => health.set_draining(true),
             EndpointState::Ejected => {
-                if health.set_ejected(true) {
-                    timer = Some(health.next_ejection());
+                if shared.set_ejected(true) {
+                    ejection = Some(shared.next_ejection());
                 }
             }
         }
         tracing::debug!(endpoint = ?key, %state, "endpoint state set");
-        let now = health.is_eligible();
-        self.resync(&mut table, key, group, was, now);
+        self.resync(&mut table, key);
         drop(table);
-        if let Some(epoch) = timer {
-            self.recover_later(key.clone(), health, epoch);
+        if recovered || ejection.is_some() {
+            self.view.changed(key, &shared);
+        }
+        if let Some(epoch) = ejection {
+            self.recover_later(key.clone(), shared, epoch);
         }
         true
     }
 
-    /// Ejects the endpoint `key` whose shared state is `health` after a failure; `false` if
-    /// ejection is off, the endpoint is gone or replaced, or it is ejected already.
-    pub(crate) fn eject(self: &Arc<Self>, key: &K, health: &Arc<Health>) -> bool {
+    /// Ejects the endpoint `key` whose state is `health` after a failure, in every balancer
+    /// of the view; `false` if ejection is off, the endpoint is gone or replaced, or it is
+    /// ejected already (by this balancer or another).
+    pub(crate) fn eject(&self, key: &K, health: &Arc<Health>) -> bool {
         if self.settings.eject_for.is_zero() {
             return false;
         }
-        let mut table = self.write();
-        let group = match table.slots.get(key) {
-            Some(slot) if Arc::ptr_eq(slot.endpoint.health(), health) => slot.group,
-            _ => return false,
-        };
-        let was = health.is_eligible();
-        if !health.set_ejected(true) {
+        {
+            let table = self.read();
+            match table.slots.get(key) {
+                Some(slot) if Arc::ptr_eq(slot.endpoint.health(), health) => {}
+                _ => return false,
+            }
+        }
+        let shared = &health.shared;
+        if !shared.set_ejected(true) {
             return false;
         }
-        let epoch = health.next_ejection();
-        self.resync(&mut table, key, group, was, false);
-        drop(table);
+        let epoch = shared.next_ejection();
         tracing::info!(endpoint = ?key, period = ?self.settings.eject_for, "endpoint ejected after a failure");
-        self.recover_later(key.clone(), health.clone(), epoch);
+        // No lock held: every balancer of the view (this one included) takes its own.
+        self.view.changed(key, shared);
+        self.recover_later(key.clone(), shared.clone(), epoch);
         true
     }
 
-    /// Ends the ejection numbered `epoch` after the ejection period.
-    fn recover_later(self: &Arc<Self>, key: K, health: Arc<Health>, epoch: u64) {
-        let core = Arc::downgrade(self);
+    /// Ends the ejection numbered `epoch` after the ejection period, for every balancer of
+    /// the view. One timer per ejection, on the runtime of the balancer that ejected.
+    fn recover_later(&self, key: K, shared: Arc<Shared>, epoch: u64) {
+        let view = self.view.clone();
         let period = self.settings.eject_for;
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
-            if let Some(core) = Weak::upgrade(&core) {
-                core.recover(&key, &health, epoch);
-            }
+            view.recover(&key, &shared, epoch);
         });
-    }
-
-    fn recover(&self, key: &K, health: &Arc<Health>, epoch: u64) {
-        let mut table = self.write();
-        let group = match table.slots.get(key) {
-            Some(slot) if Arc::ptr_eq(slot.endpoint.health(), health) => slot.group,
-            _ => return,
-        };
-        if health.ejection() != epoch || !health.set_ejected(false) {
-            return;
-        }
-        tracing::info!(endpoint = ?key, "ejection over; trying the endpoint again");
-        let now = health.is_eligible();
-        self.resync(&mut table, key, group, false, now);
     }
 
     /// The endpoint for a request pinned to `key`, if it takes pinned requests (serving or
@@ -424,7 +441,17 @@ where
     pub(crate) fn pinned(&self, key: &K) -> Option<Endpoint<K, S>> {
         let table = self.read();
         let slot = table.slots.get(key)?;
-        slot.endpoint.health().takes_pinned().then(|| slot.endpoint.clone())
+        let health = slot.endpoint.health();
+        if !health.takes_pinned() {
+            return None;
+        }
+        health.count_pinned();
+        Some(slot.endpoint.clone())
+    }
+
+    /// What is known of `key`: its state here, and what the view shares.
+    pub(crate) fn stats(&self, key: &K) -> Option<EndpointStats> {
+        self.read().slots.get(key).map(|slot| slot.endpoint.health().shared.stats())
     }
 
     /// The endpoint that affinity key `key` maps to: weighted rendezvous over the groups that
@@ -474,6 +501,27 @@ where
                 }))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Enqueued::Failed(DispatcherGone.into()),
+        }
+    }
+}
+
+impl<K, S, B> Member<K> for Core<K, S, B>
+where
+    K: EndpointKey,
+    S: Service<Request<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    fn changed(&self, key: &K, shared: &Arc<Shared>) {
+        let mut table = self.write();
+        // The same endpoint only: a key this balancer re-inserted since shares the view's
+        // entry too, so any entry under the key is the one that changed.
+        let ours = table
+            .slots
+            .get(key)
+            .is_some_and(|slot| Arc::ptr_eq(&slot.endpoint.health().shared, shared));
+        if ours {
+            self.resync(&mut table, key);
         }
     }
 }

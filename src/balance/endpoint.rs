@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -15,33 +15,32 @@ use tower::load::Load;
 use tower_service::Service;
 
 use super::state::EndpointState;
+use super::view::Shared;
 use crate::ServedBy;
 
 const SERVING: u8 = 0;
 const DRAINING: u8 = 1;
 const REMOVED: u8 = 2;
 
-/// What every clone of one endpoint shares: its load and its state.
+/// What every clone of one endpoint in one balancer shares: its membership (serving,
+/// draining, removed), and the state every balancer of its [`HealthView`] shares.
 ///
-/// The flags are written only by the balancer's table (under its lock) and read lock-free on
-/// the hot path; a stale read costs at most one request routed by the previous state.
+/// The lifecycle is written only by the balancer's table (under its lock) and read lock-free
+/// on the hot path; a stale read costs at most one request routed by the previous state.
+///
+/// [`HealthView`]: super::HealthView
 #[derive(Debug, Default)]
 pub(crate) struct Health {
-    in_flight: AtomicUsize,
-    /// Pinned or affinity requests waiting for this endpoint's readiness now.
-    waiting: AtomicUsize,
     /// `SERVING`, `DRAINING` or `REMOVED`.
     lifecycle: AtomicU8,
-    /// Passively ejected after a failure; cleared by the recovery timer.
-    ejected: AtomicBool,
-    /// A waiter timed out and the endpoint has not been seen ready since: new requests for it
-    /// do not queue (linkerd2-proxy's fail-fast state).
-    failfast: AtomicBool,
-    /// Counts ejections, so that a recovery timer ends only the ejection it was started for.
-    epoch: AtomicU64,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Health {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { lifecycle: AtomicU8::new(SERVING), shared }
+    }
+
     /// May take new sessions (p2c, affinity): serving and not ejected.
     pub(crate) fn is_eligible(&self) -> bool {
         self.lifecycle.load(Ordering::Acquire) == SERVING && !self.is_ejected()
@@ -54,7 +53,7 @@ impl Health {
     }
 
     pub(crate) fn is_ejected(&self) -> bool {
-        self.ejected.load(Ordering::Acquire)
+        self.shared.is_ejected()
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -80,46 +79,30 @@ impl Health {
         self.lifecycle.store(REMOVED, Ordering::Release);
     }
 
-    /// Sets or clears the ejection; returns whether it changed.
-    pub(crate) fn set_ejected(&self, ejected: bool) -> bool {
-        self.ejected.swap(ejected, Ordering::AcqRel) != ejected
-    }
-
-    /// Starts a new ejection epoch; returns its number.
-    pub(crate) fn next_ejection(&self) -> u64 {
-        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    /// The current ejection epoch.
-    pub(crate) fn ejection(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
-    }
-
     pub(crate) fn in_fail_fast(&self) -> bool {
-        self.failfast.load(Ordering::Relaxed)
+        self.shared.in_fail_fast()
     }
 
     pub(crate) fn set_fail_fast(&self, on: bool) {
-        // Read first: the common case (already clear) then costs no cache-line write.
-        if self.failfast.load(Ordering::Relaxed) != on {
-            self.failfast.store(on, Ordering::Relaxed);
-        }
+        self.shared.set_fail_fast(on);
+    }
+
+    /// Counts a request of an established session.
+    pub(crate) fn count_pinned(&self) {
+        self.shared.count_pinned(self.is_draining());
     }
 
     /// Takes one of `limit` waiting places, or `None` when all are taken.
-    pub(crate) fn try_wait(self: &Arc<Self>, limit: usize) -> Option<WaitSlot> {
-        let mut now = self.waiting.load(Ordering::Relaxed);
+    pub(crate) fn try_wait(&self, limit: usize) -> Option<WaitSlot> {
+        let waiting = &self.shared.waiting;
+        let mut now = waiting.load(Ordering::Relaxed);
         loop {
             if now >= limit {
                 return None;
             }
-            match self.waiting.compare_exchange_weak(
-                now,
-                now + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Some(WaitSlot(self.clone())),
+            match waiting.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(WaitSlot(self.shared.clone())),
                 Err(actual) => now = actual,
             }
         }
@@ -128,7 +111,7 @@ impl Health {
 
 /// One waiting place at an endpoint, given back on drop.
 #[derive(Debug)]
-pub(crate) struct WaitSlot(Arc<Health>);
+pub(crate) struct WaitSlot(Arc<Shared>);
 
 impl Drop for WaitSlot {
     fn drop(&mut self) {
@@ -214,7 +197,7 @@ impl<K, S> Endpoint<K, S> {
 
     /// Requests sent to this endpoint (through any clone) whose response has not come yet.
     pub fn in_flight(&self) -> usize {
-        self.health.in_flight.load(Ordering::Relaxed)
+        self.health.shared.in_flight.load(Ordering::Relaxed)
     }
 
     pub(crate) fn health(&self) -> &Arc<Health> {
@@ -261,17 +244,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.health.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.health.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         EndpointFuture {
             inner: self.inner.call(req),
             key: Some(self.key.clone()),
-            _guard: InFlight(self.health.clone()),
+            _guard: InFlight(self.health.shared.clone()),
         }
     }
 }
 
 /// Counts a request as in flight until its future completes or is dropped.
-struct InFlight(Arc<Health>);
+struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -1,16 +1,20 @@
-//! Recognising a failing endpoint, and replaying a request that never reached it.
+//! Recognising a failing endpoint, and sending again a request that never reached it.
 //!
 //! The balancer does not know its endpoints' error type, so it asks a classifier whether an
 //! error means "the endpoint is failing and the request never left": a connect failure. Such
 //! an error ejects the endpoint (see [`EndpointState::Ejected`](super::EndpointState)), and
-//! the request may be replayed once on the balanced path, so the client sees no failure at all
-//! and its session re-pins (HAProxy's `option redispatch`). Any other error (a reset after the
-//! request was sent, a timeout) is returned as it is: the request may have had effects, and one
-//! broken exchange says little about the endpoint.
+//! the request is *redispatched* on the balanced path, so the client sees no failure at all
+//! and its session re-pins (HAProxy's `option redispatch`). The request to send again is the
+//! one the endpoint service hands back in [`NotSent::with_request`] (any method, any body:
+//! the body was never read), else a copy made beforehand by a [`Replay`] policy. Any other
+//! error (a reset after the request was sent, a timeout) is returned as it is: the request may
+//! have had effects, and one broken exchange says little about the endpoint.
 
+use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::io;
+use std::sync::{Mutex, PoisonError};
 
 use http::Request;
 use tower::BoxError;
@@ -49,37 +53,110 @@ pub fn is_connect_failure(error: &BoxError) -> bool {
 
 /// Wraps an endpoint service's error to tell the balancer that the request never reached the
 /// endpoint (the default classifier, [`is_connect_failure`], recognises it anywhere in an
-/// error's chain).
-#[derive(Debug)]
-pub struct NotSent(BoxError);
+/// error's chain). With [`with_request`](Self::with_request) it also hands the request back,
+/// untouched, so that the balancer sends it to another endpoint.
+///
+/// ```
+/// use http::Request;
+/// use tower::BoxError;
+/// use tower_session_persistence::balance::{NotSent, take_unsent_request};
+///
+/// let req = Request::post("/cart").body("a body never read".to_owned()).unwrap();
+/// let error: BoxError = NotSent::with_request("connection refused", req).into();
+/// let back = take_unsent_request::<String>(&error).expect("handed back");
+/// assert_eq!(back.body(), "a body never read");
+/// assert!(take_unsent_request::<String>(&error).is_none(), "taken once");
+/// ```
+pub struct NotSent {
+    error: BoxError,
+    /// The unsent request, type-erased (the balancer knows its body type); behind a lock
+    /// because errors are `Sync` and bodies need not be.
+    request: Mutex<Option<Box<dyn Any + Send>>>,
+}
 
 impl NotSent {
     /// Marks `error` as a failure before the request was sent.
     pub fn new(error: impl Into<BoxError>) -> Self {
-        Self(error.into())
+        Self { error: error.into(), request: Mutex::new(None) }
+    }
+
+    /// Marks `error` as a failure before `req` was sent, and hands `req` back for another
+    /// endpoint. Give it back as the endpoint got it: the balancer sends it on as it is.
+    pub fn with_request<B: Send + 'static>(error: impl Into<BoxError>, req: Request<B>) -> Self {
+        Self { error: error.into(), request: Mutex::new(Some(Box::new(req))) }
+    }
+
+    /// The request handed back, if there is one with body type `B` and it was not taken yet.
+    pub fn take_request<B: 'static>(&self) -> Option<Request<B>> {
+        let mut slot = self.request.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.take()?.downcast::<Request<B>>() {
+            Ok(req) => Some(*req),
+            Err(other) => {
+                *slot = Some(other);
+                None
+            }
+        }
     }
 
     /// The wrapped error.
     pub fn into_inner(self) -> BoxError {
-        self.0
+        self.error
+    }
+}
+
+/// The request handed back by a [`NotSent`] anywhere in `error`'s `source()` chain, if its
+/// body type is `B` and nobody took it yet.
+pub fn take_unsent_request<B: 'static>(error: &BoxError) -> Option<Request<B>> {
+    let mut cause: Option<&(dyn Error + 'static)> = Some(error.as_ref());
+    for _ in 0..MAX_DEPTH {
+        let err = cause?;
+        if let Some(not_sent) = err.downcast_ref::<NotSent>()
+            && let Some(req) = not_sent.take_request()
+        {
+            return Some(req);
+        }
+        cause = err.source();
+    }
+    None
+}
+
+impl fmt::Debug for NotSent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let handed_back = self.request.lock().map(|r| r.is_some()).unwrap_or_default();
+        f.debug_struct("NotSent")
+            .field("error", &self.error)
+            .field("request_handed_back", &handed_back)
+            .finish()
     }
 }
 
 impl fmt::Display for NotSent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request not sent: {}", self.0)
+        write!(f, "request not sent: {}", self.error)
     }
 }
 
 impl Error for NotSent {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(self.0.as_ref())
+        Some(self.error.as_ref())
     }
 }
 
-/// Makes a copy of a request before it is sent, so that it can be sent again elsewhere if its
-/// endpoint fails to connect. Set with
-/// [`BalancerBuilder::replay`](super::BalancerBuilder::replay).
+/// Whether a request with `method` may be sent again after it reached an endpoint and failed
+/// (RFC 9110 §9.2.2: the idempotent methods).
+pub(crate) fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE]
+        .contains(method)
+}
+
+/// Makes a copy of a request before it is sent, so that it can be sent again elsewhere. Set
+/// with [`BalancerBuilder::replay`](super::BalancerBuilder::replay).
+///
+/// The copy is used when the endpoint failed to connect and did not hand the request back
+/// ([`NotSent::with_request`]), and, with
+/// [`BalancerBuilder::retry_sent_idempotent`](super::BalancerBuilder::retry_sent_idempotent),
+/// when an idempotent request reached its endpoint and failed.
 ///
 /// Implemented for closures `Fn(&Request<B>) -> Option<Request<B>>`, for [`NoReplay`] (the
 /// default) and for [`ReplayEmptyBodies`].

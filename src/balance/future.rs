@@ -1,5 +1,6 @@
 //! The balancer's response future: waits for a chosen endpoint (bounded), falls back per
-//! policy, and fails over once after a connect failure.
+//! policy, and redispatches a request that never reached its endpoint (bounded attempts,
+//! within the retry budget).
 
 use std::fmt;
 use std::future::Future;
@@ -12,10 +13,12 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::Sleep;
 use tower::BoxError;
+use tower::retry::budget::Budget;
 use tower_service::Service;
 
 use super::core::{BalancedFuture, Core, Dispatched, DispatcherGone, Enqueued};
 use super::endpoint::{Endpoint, EndpointFuture, FailedAt, Health, WaitSlot};
+use super::failure::{is_idempotent, take_unsent_request};
 use crate::{EndpointKey, OnUnavailable, PinnedUnavailable};
 
 /// Why a request went to one endpoint rather than through p2c.
@@ -72,6 +75,8 @@ pin_project! {
         core: Arc<Core<K, S, B>>,
         mode: Mode,
         replay: Option<Request<B>>,
+        // How many more times the request may be sent to another endpoint.
+        redispatches: u8,
     }
 }
 
@@ -118,7 +123,8 @@ where
         replay: Option<Request<B>>,
     ) -> Self {
         let state = State::Direct { endpoint, req: Some(req), wait: None };
-        Self { state, core, mode, replay }
+        let redispatches = core.settings.redispatches;
+        Self { state, core, mode, replay, redispatches }
     }
 
     /// A request for p2c.
@@ -128,7 +134,8 @@ where
         replay: Option<Request<B>>,
     ) -> Self {
         let state = balance(&core, req);
-        Self { state, core, mode: Mode::Balanced, replay }
+        let redispatches = core.settings.redispatches;
+        Self { state, core, mode: Mode::Balanced, replay, redispatches }
     }
 
     /// A request that fails at once.
@@ -138,6 +145,7 @@ where
             core,
             mode: Mode::Balanced,
             replay: None,
+            redispatches: 0,
         }
     }
 }
@@ -183,12 +191,16 @@ where
     balance(core, req)
 }
 
-/// After an error from endpoint `key`: if the classifier says the endpoint is failing, eject
-/// it and (policy permitting) replay the request once on the balanced path.
+/// After an error from endpoint `key`. If the classifier says the endpoint is failing (the
+/// request never reached it), eject it and, policy permitting, redispatch the request: the one
+/// the endpoint handed back, else the replay copy. If the request was sent, redispatch only
+/// an idempotent replay copy, and only when the balancer opted in. Either way within the
+/// request's attempts and the balancer's retry budget.
 fn fail_over<K, S, B, RB>(
     core: &Arc<Core<K, S, B>>,
     mode: &mut Mode,
     replay: &mut Option<Request<B>>,
+    redispatches: &mut u8,
     key: &K,
     health: &Arc<Health>,
     error: BoxError,
@@ -199,22 +211,37 @@ where
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    if !(core.settings.classifier)(&error) {
+    let settings = &core.settings;
+    let (req, reason) = if (settings.classifier)(&error) {
+        core.eject(key, health);
+        if *mode == Mode::Pinned && settings.on_unavailable == OnUnavailable::Reject {
+            tracing::debug!(endpoint = ?key, %error, "pinned endpoint failing; rejecting");
+            return Err(PinnedUnavailable.into());
+        }
+        (take_unsent_request::<B>(&error).or_else(|| replay.take()), "not_sent")
+    } else if settings.retry_sent {
+        (replay.take_if(|copy| is_idempotent(copy.method())), "sent")
+    } else {
+        (None, "sent")
+    };
+    let Some(req) = req else { return Err(error) };
+    if *redispatches == 0 {
+        tracing::debug!(endpoint = ?key, %error, "endpoint failing; no attempt left");
+        crate::metrics::redispatch_denied("attempts");
         return Err(error);
     }
-    core.eject(key, health);
-    if *mode == Mode::Pinned && core.settings.on_unavailable == OnUnavailable::Reject {
-        tracing::debug!(endpoint = ?key, %error, "pinned endpoint failing; rejecting");
-        return Err(PinnedUnavailable.into());
+    if let Some(budget) = &settings.budget
+        && !budget.withdraw()
+    {
+        tracing::debug!(endpoint = ?key, %error, "endpoint failing; retry budget spent");
+        crate::metrics::redispatch_denied("budget");
+        return Err(error);
     }
-    match replay.take() {
-        Some(req) => {
-            tracing::debug!(endpoint = ?key, %error, "endpoint failing; replaying on the balanced path");
-            *mode = Mode::Balanced;
-            Ok(balance(core, req))
-        }
-        None => Err(error),
-    }
+    *redispatches -= 1;
+    tracing::debug!(endpoint = ?key, %error, "endpoint failing; redispatching on the balanced path");
+    crate::metrics::redispatched(reason);
+    *mode = Mode::Balanced;
+    Ok(balance(core, req))
 }
 
 impl<K, S, B, RB> Future for ResponseFuture<K, S, B>
@@ -310,6 +337,7 @@ where
                             this.core,
                             this.mode,
                             this.replay,
+                            this.redispatches,
                             key,
                             health,
                             error.into(),
@@ -333,8 +361,15 @@ where
                     Err(error) => match error.downcast::<FailedAt<K>>() {
                         Ok(failed) => {
                             let FailedAt { key, health, error } = *failed;
-                            match fail_over(this.core, this.mode, this.replay, &key, &health, error)
-                            {
+                            match fail_over(
+                                this.core,
+                                this.mode,
+                                this.replay,
+                                this.redispatches,
+                                &key,
+                                &health,
+                                error,
+                            ) {
                                 Ok(next) => next,
                                 Err(error) => return Poll::Ready(Err(error)),
                             }

@@ -60,12 +60,16 @@ mod failure;
 mod feed;
 mod future;
 mod state;
+mod view;
 mod weights;
 
-pub use self::balancer::{Balancer, BalancerBuilder};
+pub use self::balancer::{Balancer, BalancerBuilder, IntoHealthView, OwnView};
 pub use self::core::{DispatcherGone, NoEndpoints};
 pub use self::discover::{DiscoverReceiver, DiscoverSender, discover_channel};
 pub use self::endpoint::{Endpoint, EndpointFuture};
-pub use self::failure::{NoReplay, NotSent, Replay, ReplayEmptyBodies, is_connect_failure};
+pub use self::failure::{
+    NoReplay, NotSent, Replay, ReplayEmptyBodies, is_connect_failure, take_unsent_request,
+};
 pub use self::future::ResponseFuture;
 pub use self::state::EndpointState;
+pub use self::view::{EndpointStats, HealthView};

@@ -182,6 +182,8 @@ where
     picker: WeightedPicker,
     /// What every balancer of the process knows about the endpoints.
     pub(crate) view: HealthView<K>,
+    /// Redispatches so far: where the next one starts looking among equals.
+    redispatched: AtomicUsize,
     pub(crate) settings: Settings<B>,
 }
 
@@ -258,6 +260,7 @@ where
             groups: groups.into_boxed_slice(),
             picker: WeightedPicker::default(),
             view,
+            redispatched: AtomicUsize::new(0),
             settings,
         };
         (core, ends)
@@ -452,6 +455,28 @@ where
     /// What is known of `key`: its state here, and what the view shares.
     pub(crate) fn stats(&self, key: &K) -> Option<EndpointStats> {
         self.read().slots.get(key).map(|slot| slot.endpoint.health().shared.stats())
+    }
+
+    /// Where to redispatch a request that failed at `failed`: the least loaded endpoint that
+    /// may take new sessions in a group of non-zero weight, other than `failed` (which may
+    /// still be listed: ejection is off, or the request was sent and the endpoint is not to
+    /// blame); ties go round. A scan of the members: failures are the rare path.
+    pub(crate) fn redispatch_target(&self, failed: &K) -> Option<Endpoint<K, S>> {
+        let table = self.read();
+        let candidates: Vec<&Endpoint<K, S>> = table
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(group, _)| self.groups[*group].weight.load(Ordering::Relaxed) > 0)
+            .flat_map(|(_, members)| members.iter().map(|(_, endpoint)| endpoint))
+            .filter(|endpoint| endpoint.key() != failed)
+            .collect();
+        let n = candidates.len();
+        let start = self.redispatched.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|i| candidates[(start + i) % n])
+            .min_by_key(|endpoint| endpoint.in_flight())
+            .cloned()
     }
 
     /// The endpoint that affinity key `key` maps to: weighted rendezvous over the groups that

@@ -30,6 +30,8 @@ pub(crate) enum Mode {
     Affinity,
     /// Balanced by p2c.
     Balanced,
+    /// Sent again, to another endpoint than the one that failed it: falls back to p2c.
+    Redispatched,
 }
 
 /// A place in an endpoint's bounded queue and the fail-fast deadline.
@@ -238,10 +240,19 @@ where
         return Err(error);
     }
     *redispatches -= 1;
-    tracing::debug!(endpoint = ?key, %error, "endpoint failing; redispatching on the balanced path");
     crate::metrics::redispatched(reason);
-    *mode = Mode::Balanced;
-    Ok(balance(core, req))
+    match core.redispatch_target(key) {
+        Some(endpoint) => {
+            tracing::debug!(endpoint = ?key, to = ?endpoint.key(), %error, "endpoint failing; redispatching");
+            *mode = Mode::Redispatched;
+            Ok(State::Direct { endpoint, req: Some(req), wait: None })
+        }
+        None => {
+            tracing::debug!(endpoint = ?key, %error, "endpoint failing; redispatching on the balanced path");
+            *mode = Mode::Balanced;
+            Ok(balance(core, req))
+        }
+    }
 }
 
 impl<K, S, B, RB> Future for ResponseFuture<K, S, B>

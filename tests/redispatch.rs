@@ -71,8 +71,7 @@ async fn a_post_refused_by_its_pinned_endpoint_reaches_another_with_its_body() {
     let balancer = BalancerBuilder::new().group(1, discover).build();
     known(&balancer, 2).await;
 
-    let mut res =
-        balancer.clone().oneshot(pinned("dead", Method::POST, "order=42")).await.unwrap();
+    let mut res = balancer.clone().oneshot(pinned("dead", Method::POST, "order=42")).await.unwrap();
     assert_eq!(res.body(), "b: order=42");
     assert_eq!(ServedBy::<String>::take(res.extensions_mut()), Some(ServedBy("b".to_owned())));
     assert_eq!(dead.load(Ordering::SeqCst), 1);

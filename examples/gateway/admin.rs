@@ -14,6 +14,10 @@
 //! | `gateway_endpoint_up` | gauge | `service`, `endpoint`: 1 unless ejected |
 //! | `gateway_endpoint_state` | gauge | `service`, `endpoint`, `state` (serving, draining, ejected): 1 for the current state |
 //! | `gateway_endpoint_in_flight` | gauge | `service`, `endpoint` |
+//! | `gateway_endpoint_pinned_requests_total` | counter | `service`, `endpoint`: requests of established sessions it was sent |
+//! | `gateway_drain_last_pinned_timestamp_seconds` | gauge | `service`, `endpoint`: while draining, when the last pinned request reached it (Unix time; 0: none yet) — a drain has gone quiet when this stops moving |
+//! | `gateway_redispatches_total` | counter | `reason` (`not_sent`, `sent`): requests sent to another endpoint |
+//! | `gateway_redispatches_denied_total` | counter | `reason` (`attempts`, `budget`) |
 //! | `gateway_tls_handshakes_total` | counter | `result` (`ok`, `failed`) |
 //!
 //! Labels come from the configuration only (rules, services, endpoint keys) and status codes:
@@ -27,6 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
+
+use tower_session_persistence::balance::EndpointStats;
 
 use axum::Router;
 use axum::routing::get;
@@ -216,14 +222,13 @@ impl AdminPort {
     }
 }
 
-/// Every endpoint as the serving threads see it: its service, its worst state (ejected by
-/// any thread, else draining, else serving) and its requests in flight over all threads.
-fn endpoints(gateways: &[Gateway]) -> BTreeMap<(String, String), (EndpointState, usize)> {
-    let mut all: BTreeMap<(String, String), (EndpointState, usize)> = BTreeMap::new();
+/// Every endpoint as the serving threads see it: its service, its worst state (ejected, else
+/// draining on any thread, else serving) and what the process's one health view knows of it.
+fn endpoints(gateways: &[Gateway]) -> BTreeMap<(String, String), (EndpointState, EndpointStats)> {
+    let mut all: BTreeMap<(String, String), (EndpointState, EndpointStats)> = BTreeMap::new();
     for gateway in gateways {
-        for (service, key, state, in_flight) in gateway.endpoints() {
-            let entry = all.entry((service, key)).or_insert((state, 0));
-            entry.1 += in_flight;
+        for (service, key, state, stats) in gateway.endpoints() {
+            let entry = all.entry((service, key)).or_insert((state, stats));
             // The state that says most: ejected, then draining, then serving.
             let rank = |s: EndpointState| match s {
                 EndpointState::Ejected => 2,
@@ -242,12 +247,21 @@ async fn metrics_page(
     axum::extract::State(admin): axum::extract::State<Admin>,
 ) -> Response<String> {
     if let Some(gateways) = admin.gateways.get() {
-        for ((service, endpoint), (state, in_flight)) in endpoints(gateways) {
+        for ((service, endpoint), (state, stats)) in endpoints(gateways) {
             let labels = [("service", service), ("endpoint", endpoint)];
             let up = if state == EndpointState::Ejected { 0.0 } else { 1.0 };
             metrics::gauge!("gateway_endpoint_up", &labels).set(up);
             #[allow(clippy::cast_precision_loss)]
-            metrics::gauge!("gateway_endpoint_in_flight", &labels).set(in_flight as f64);
+            metrics::gauge!("gateway_endpoint_in_flight", &labels).set(stats.in_flight as f64);
+            metrics::counter!("gateway_endpoint_pinned_requests_total", &labels)
+                .absolute(stats.pinned_requests);
+            if state == EndpointState::Draining {
+                let last = stats
+                    .last_pinned_while_draining
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                metrics::gauge!("gateway_drain_last_pinned_timestamp_seconds", &labels).set(last);
+            }
             for (name, each) in [
                 ("serving", EndpointState::Serving),
                 ("draining", EndpointState::Draining),

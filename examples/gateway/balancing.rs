@@ -7,8 +7,14 @@
 //!   endpointQueue: 128   # how many requests may wait for one endpoint
 //!                        # (endpoints are busy only with limits.maxConnectionsPerEndpoint:
 //!                        # without it they are always ready and these never trigger)
-//!   ejectFor: 10s        # how long an endpoint that refused a connection is left out; 0s: never
-//!   replay: false        # send a bodiless request refused by its endpoint once more, elsewhere
+//!   ejectFor: 10s        # how long an endpoint that refused a connection is left out, by
+//!                        # every serving thread; 0s: never
+//!   redispatches: 3      # how many times a request its endpoint never got (refused, connect
+//!                        # timeout, a dead pooled connection) goes to another endpoint,
+//!                        # whatever its method and body; 0: never. Within a retry budget
+//!                        # (20% of requests + 10/s per thread and rule)
+//!   replay: false        # also send a bodiless idempotent request (GET, HEAD, OPTIONS, PUT,
+//!                        # DELETE) again, elsewhere, when it failed after it was sent
 //!   affinity: {header: x-user}   # or {cookie: NAME}, or {clientIP: true}: for requests
 //!                                # without a session, a hash of this picks the endpoint
 //! ```
@@ -23,7 +29,7 @@ use http::{HeaderName, Request};
 use serde::Deserialize;
 use tower::discover::Discover;
 use tower_session_persistence::OnUnavailable;
-use tower_session_persistence::balance::{Balancer, BalancerBuilder, affinity};
+use tower_session_persistence::balance::{Balancer, BalancerBuilder, HealthView, affinity};
 
 use crate::config::{ConfigError, duration};
 use crate::proxy::{ClientAddr, Upstream};
@@ -35,6 +41,7 @@ pub(crate) struct Extension {
     failfast: Option<String>,
     endpoint_queue: Option<usize>,
     eject_for: Option<String>,
+    redispatches: Option<u8>,
     replay: Option<bool>,
     affinity: Option<AffinityConfig>,
 }
@@ -63,6 +70,7 @@ pub(crate) struct Balancing {
     endpoint_queue: Option<usize>,
     eject_for: Option<Duration>,
     replay: bool,
+    redispatches: Option<u8>,
     affinity: Option<Affinity>,
 }
 
@@ -79,12 +87,13 @@ impl Balancing {
         &self,
         groups: Vec<(u32, D)>,
         on_unavailable: OnUnavailable,
+        view: HealthView<Key>,
     ) -> Balancer<Key, Upstream, Body>
     where
         D: Discover<Key = Key, Service = Upstream> + Send + 'static,
         D::Error: Into<tower::BoxError>,
     {
-        let mut builder = BalancerBuilder::new().on_unavailable(on_unavailable);
+        let mut builder = BalancerBuilder::new().on_unavailable(on_unavailable).health_view(view);
         for (weight, discover) in groups {
             builder = builder.group(weight, discover);
         }
@@ -97,6 +106,12 @@ impl Balancing {
         if let Some(period) = self.eject_for {
             builder = builder.eject_for(period);
         }
+        if let Some(attempts) = self.redispatches {
+            builder = builder.redispatches(attempts);
+        }
+        // Requests an endpoint never got are redispatched whatever they are (the pool hands
+        // them back); `replay` adds bodiless idempotent ones that failed once sent.
+        let builder = builder.retry_sent_idempotent(self.replay);
         match (self.affinity.as_ref().map(key_fn), self.replay) {
             (None, false) => builder.build(),
             (None, true) => builder.replay_empty_bodies().build(),
@@ -137,6 +152,7 @@ pub(crate) fn check(extension: Option<&Extension>, at: &str) -> Result<Balancing
         endpoint_queue: ext.endpoint_queue,
         eject_for: duration(ext.eject_for.as_deref(), &field("ejectFor"))?,
         replay: ext.replay.unwrap_or(false),
+        redispatches: ext.redispatches,
         affinity,
     })
 }

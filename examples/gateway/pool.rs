@@ -5,7 +5,8 @@
 //! connection used last (or opens one, within the connect timeout), and the connection comes
 //! back once the response body has been read to its end. A connection that the backend closed
 //! while it was idle is skipped, and a request that such a connection refused before sending
-//! anything is sent on the next one. Connections idle for 30 s are closed.
+//! anything is sent on the next one. A request that no connection took is handed back to the
+//! balancer, which sends it to another endpoint. Connections idle for 30 s are closed.
 //!
 //! Measured under load, hyper-util's client cost the gateway about a tenth of its CPU
 //! (`docs/BENCHMARKS.md`): a lock and a hash per checkout, a task per request to put the
@@ -67,18 +68,25 @@ impl Pool {
     }
 
     /// Sends `req` (origin-form, with a `Host`) on a pooled connection, or on a new one.
+    ///
+    /// A request that never left (no connection could be made, or a new connection closed
+    /// before it was written) comes back in a [`NotSent`] error, untouched, for the balancer
+    /// to send elsewhere.
     pub(crate) async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
         loop {
             let (mut sender, reused) = match self.inner.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                None => match self.connect().await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => return Err(Box::new(NotSent::with_request(error, req))),
+                },
             };
             // An idle connection is ready at once, unless the backend closed it meanwhile.
             if let Err(error) = sender.ready().await {
                 if reused {
                     continue;
                 }
-                return Err(error.into());
+                return Err(Box::new(NotSent::with_request(error, req)));
             }
             match sender.try_send_request(req).await {
                 Ok(res) => {
@@ -90,24 +98,25 @@ impl Pool {
                 Err(mut error) => match error.take_message() {
                     // Refused before anything was written: a connection that was closing.
                     Some(unsent) if reused => req = unsent,
-                    _ => return Err(error.into_error().into()),
+                    Some(unsent) => {
+                        return Err(Box::new(NotSent::with_request(error.into_error(), unsent)));
+                    }
+                    None => return Err(error.into_error().into()),
                 },
             }
         }
     }
 
-    /// Opens a connection and starts driving it on this thread.
+    /// Opens a connection and starts driving it on this thread. Any failure here (refused,
+    /// unreachable, timed out, a failed handshake) is before the request was sent.
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let addr = self.inner.addr;
         let connecting = TcpStream::connect(addr);
-        // Refused, unreachable or timed out: the request was never sent, whatever its method
-        // (the balancer ejects the endpoint and may send it elsewhere).
         let stream = match self.inner.connect_timeout {
             Some(limit) => tokio::time::timeout(limit, connecting)
                 .await
-                .map_err(|_| not_sent(io::Error::new(io::ErrorKind::TimedOut, "connect timeout")))?
-                .map_err(not_sent)?,
-            None => connecting.await.map_err(not_sent)?,
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??,
+            None => connecting.await?,
         };
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
@@ -136,11 +145,6 @@ impl Pool {
             }
         });
     }
-}
-
-/// Marks a failure to reach the endpoint: the request was never sent.
-fn not_sent(error: io::Error) -> BoxError {
-    Box::new(NotSent::new(error))
 }
 
 impl Inner {

@@ -35,6 +35,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 use tower::{BoxError, Service};
+use tower_session_persistence::balance::{HealthView, NotSent, take_unsent_request};
 use tower_session_persistence::edge::{ForwardedHeaders, IdleTimeoutBody, Proto};
 
 use crate::client_body::BodyDone;
@@ -49,6 +50,9 @@ pub(crate) struct Upstreams {
     settings: Arc<Settings>,
     /// Endpoint key → its places, when `maxConnectionsPerEndpoint` is set.
     places: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// The endpoints' health as every balancer of every thread sees it: one failure seen
+    /// anywhere ejects an endpoint everywhere.
+    view: HealthView<String>,
 }
 
 #[derive(Debug)]
@@ -67,7 +71,13 @@ impl Upstreams {
                 per_endpoint: edge.limits.max_connections_per_endpoint,
             }),
             places: Arc::default(),
+            view: HealthView::new(),
         }
+    }
+
+    /// The process's one view of endpoint health, for every balancer.
+    pub(crate) fn health_view(&self) -> &HealthView<String> {
+        &self.view
     }
 
     /// The service of the endpoint `key` at `addr`, speaking HTTP/1.1, or h2c when `h2c`.
@@ -272,12 +282,12 @@ impl Service<Request<Body>> for Upstream {
         });
         let body_done = req.extensions_mut().remove::<BodyDone>();
         let h2 = matches!(self.sender, Sender::H2c(_));
-        let req = match prepare(req, &self.authority, h2, &self.settings.forwarded) {
-            Ok(mut req) => {
+        let (req, host) = match prepare(req, &self.authority, h2, &self.settings.forwarded) {
+            Ok((mut req, host)) => {
                 if let Some((protocol, _)) = &upgrade {
                     upgrade::restore(req.headers_mut(), protocol.clone());
                 }
-                req
+                (req, host)
             }
             Err(err) => return Box::pin(std::future::ready(Err(named(err)))),
         };
@@ -290,7 +300,13 @@ impl Service<Request<Body>> for Upstream {
             Sender::H2c(client) => {
                 let sent = client.request(req);
                 futures_util::future::Either::Right(async move {
-                    Ok::<_, BoxError>(sent.await?.map(Body::new))
+                    match sent.await {
+                        Ok(res) => Ok(res.map(Body::new)),
+                        // The client keeps no request it could not send: the endpoint is
+                        // ejected, the request not redispatched.
+                        Err(error) if error.is_connect() => Err(NotSent::new(error).into()),
+                        Err(error) => Err(error.into()),
+                    }
                 })
             }
         };
@@ -316,7 +332,8 @@ impl Service<Request<Body>> for Upstream {
                 }
                 None => sent.await,
             };
-            let mut res = answered.map_err(&named)?;
+            let unsent = |error| hand_back(error, host, body_done, upgrade.is_some());
+            let mut res = answered.map_err(unsent).map_err(&named)?;
             let switched = match upgrade {
                 Some((asked, client_side)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                     let protocol = res.headers().get(header::UPGRADE).cloned().unwrap_or(asked);
@@ -412,13 +429,40 @@ fn origin_form(req: &mut Request<Body>, authority: &Authority) {
     }
 }
 
-/// Turns the client's request into the upstream request.
+/// The forwarded headers of a request are written: it was handed back unsent by one endpoint
+/// and goes to another.
+#[derive(Clone, Copy, Debug)]
+struct Forwarded;
+
+/// Readies a request that an endpoint handed back unsent (in `error`) for another endpoint: the
+/// request host and the end-of-body signal it had, its forwarded headers marked as written.
+/// An upgrade is not sent again: its client side was given to this attempt.
+fn hand_back(
+    error: BoxError,
+    host: Option<String>,
+    body_done: Option<BodyDone>,
+    upgrading: bool,
+) -> BoxError {
+    let Some(mut req) = take_unsent_request::<Body>(&error) else { return error };
+    if upgrading {
+        return error;
+    }
+    let extensions = req.extensions_mut();
+    extensions.insert(RequestHost(host));
+    extensions.insert(Forwarded);
+    if let Some(done) = body_done {
+        extensions.insert(done);
+    }
+    Box::new(NotSent::with_request(error, req))
+}
+
+/// Turns the client's request into the upstream request; returns it and the client's host.
 fn prepare(
     mut req: Request<Body>,
     endpoint: &Authority,
     h2: bool,
     forwarded: &ForwardedHeaders,
-) -> Result<Request<Body>, BoxError> {
+) -> Result<(Request<Body>, Option<String>), BoxError> {
     let client = req.extensions().get::<ClientAddr>().copied();
     let host = match req.extensions_mut().remove::<RequestHost>() {
         Some(RequestHost(host)) => host,
@@ -463,10 +507,12 @@ fn prepare(
             headers.insert(header::HOST, value);
         }
     }
-    if let Some(client) = client {
-        forwarded.apply(headers, client.addr.ip(), client.proto, host.as_deref());
+    if let Some(client) = client
+        && req.extensions_mut().remove::<Forwarded>().is_none()
+    {
+        forwarded.apply(req.headers_mut(), client.addr.ip(), client.proto, host.as_deref());
     }
-    Ok(req)
+    Ok((req, host))
 }
 
 /// Headers that concern one connection only (RFC 9110 §7.6.1), and those `Connection` names.
@@ -550,7 +596,7 @@ mod tests {
     fn prepares_the_upstream_request() {
         let untrusted = ForwardedHeaders::new(TrustedProxies::none());
         let endpoint = Authority::from_static("127.0.0.1:9");
-        let req = prepare(request(), &endpoint, false, &untrusted).unwrap();
+        let (req, _) = prepare(request(), &endpoint, false, &untrusted).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9/a/b?c=d");
         let h = req.headers();
         assert_eq!(h["host"], "shop.example:8443");
@@ -562,7 +608,7 @@ mod tests {
             assert!(!h.contains_key(gone), "{gone}");
         }
         let trusted = ForwardedHeaders::new(TrustedProxies::parse(["192.0.2.0/24"]).unwrap());
-        let req = prepare(request(), &endpoint, false, &trusted).unwrap();
+        let (req, _) = prepare(request(), &endpoint, false, &trusted).unwrap();
         assert_eq!(req.headers()["x-forwarded-for"], "203.0.113.9, 192.0.2.1");
     }
 
@@ -570,7 +616,7 @@ mod tests {
     fn h2c_requests_carry_the_client_host_as_authority_only() {
         let untrusted = ForwardedHeaders::new(TrustedProxies::none());
         let endpoint = Authority::from_static("127.0.0.1:9");
-        let req = prepare(request(), &endpoint, true, &untrusted).unwrap();
+        let (req, _) = prepare(request(), &endpoint, true, &untrusted).unwrap();
         assert_eq!(req.uri(), "http://shop.example:8443/a/b?c=d");
         assert!(!req.headers().contains_key("host"));
         assert_eq!(req.headers()["te"], "trailers");

@@ -21,7 +21,7 @@ use tower::util::{BoxCloneSyncService, Oneshot};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_session_persistence::ServedBy;
 use tower_session_persistence::balance::{
-    Balancer, DiscoverSender, EndpointState, discover_channel,
+    Balancer, DiscoverSender, EndpointState, EndpointStats, discover_channel,
 };
 use tower_session_persistence::edge::{TrustedProxies, request_host};
 use tower_session_persistence::strategy::Url;
@@ -165,8 +165,8 @@ impl Gateway {
     }
 
     /// Every endpoint of every rule as this thread's balancers see it: its service, its key,
-    /// its state and its requests in flight (for the admin port).
-    pub(crate) fn endpoints(&self) -> Vec<(String, Key, EndpointState, usize)> {
+    /// its state and what the process's health view knows of it (for the admin port).
+    pub(crate) fn endpoints(&self) -> Vec<(String, Key, EndpointState, EndpointStats)> {
         let mut all = Vec::new();
         for rule in self.table.targets() {
             let Some(balancer) = &rule.balancer else { continue };
@@ -174,8 +174,8 @@ impl Gateway {
             for backend in current.iter() {
                 for key in backend.endpoints.keys() {
                     let Some(state) = balancer.state(key) else { continue };
-                    let in_flight = balancer.in_flight(key).unwrap_or(0);
-                    all.push((backend.service.clone(), key.clone(), state, in_flight));
+                    let Some(stats) = balancer.stats(key) else { continue };
+                    all.push((backend.service.clone(), key.clone(), state, stats));
                 }
             }
         }
@@ -334,7 +334,8 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
         endpoints.push(sender);
         groups.push((backend.weight, discover));
     }
-    let balancer = rule.balancing.build(groups, rule.on_unavailable);
+    let balancer =
+        rule.balancing.build(groups, rule.on_unavailable, upstreams.health_view().clone());
     let initial_drains = rule
         .backends
         .iter()

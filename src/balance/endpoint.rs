@@ -100,8 +100,7 @@ impl Health {
             if now >= limit {
                 return None;
             }
-            match waiting.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed)
-            {
+            match waiting.compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Some(WaitSlot(self.shared.clone())),
                 Err(actual) => now = actual,
             }

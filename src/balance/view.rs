@@ -88,8 +88,7 @@ impl Shared {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             ejected: self.is_ejected(),
             pinned_requests: self.pinned.load(Ordering::Relaxed),
-            last_pinned_while_draining: (ms != 0)
-                .then(|| UNIX_EPOCH + Duration::from_millis(ms)),
+            last_pinned_while_draining: (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms)),
         }
     }
 }

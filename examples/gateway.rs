@@ -206,10 +206,18 @@
 //!             endpointQueue: 128      # how many requests may wait for one endpoint (both
 //!                                     # apply with limits.maxConnectionsPerEndpoint; without
 //!                                     # it endpoints are always ready)
-//!             ejectFor: 10s           # how long an endpoint that refused a connection is
-//!                                     # left out (its sessions fail over); 0s: never
-//!             replay: false           # send a bodiless request whose endpoint refused the
-//!                                     # connection once more, elsewhere (re-pinning it)
+//!             ejectFor: 10s           # how long an endpoint that refused a connection (or
+//!                                     # timed out connecting) is left out by every serving
+//!                                     # thread (its sessions fail over); 0s: never
+//!             redispatches: 3         # how many times a request its endpoint never got goes
+//!                                     # to another endpoint, any method, body intact (the
+//!                                     # session re-pins once); 0: never. Bounded by a retry
+//!                                     # budget: 20% of requests plus 10 a second
+//!             replay: false           # also retry, elsewhere, a bodiless idempotent request
+//!                                     # (GET, HEAD, OPTIONS, PUT, DELETE) that failed after
+//!                                     # it was sent
+//!             consecutive5xx: 5       # eject an endpoint (for ejectFor, on every thread)
+//!                                     # after this many 5xx answers in a row; absent: off
 //!             affinity: {header: x-user}  # or {cookie: NAME} or {clientIP: true}: requests
 //!                                     # without a session go where a hash of it points
 //! ```

@@ -256,3 +256,31 @@ async fn the_view_shares_load_and_pinned_counts_between_balancers() {
     assert!(last.elapsed().unwrap_or_default() < Duration::from_secs(60));
     assert_eq!(one.state(&a), Some(EndpointState::Serving), "draining is each balancer's own");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn five_5xx_in_a_row_eject_an_endpoint_when_outlier_detection_is_on() {
+    let failing = || {
+        Svc::new(service_fn(|_req: Request<String>| async {
+            let mut res = Response::new(String::new());
+            *res.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+            Ok::<_, BoxError>(res)
+        }))
+    };
+    let build = |n: Option<u32>| {
+        let (endpoints, discover) = discover_channel();
+        endpoints.insert("sick".to_owned(), failing());
+        BalancerBuilder::new().group(1, discover).eject_after_5xx(n).build()
+    };
+    let (on, off) = (build(Some(5)), build(None));
+    known(&on, 1).await;
+    known(&off, 1).await;
+    let sick = "sick".to_owned();
+    for i in 1..=5 {
+        assert_eq!(on.state(&sick), Some(EndpointState::Serving), "before answer {i}");
+        let res = on.clone().oneshot(pinned("sick", Method::GET, "")).await.unwrap();
+        assert_eq!(res.status(), 503);
+        off.clone().oneshot(pinned("sick", Method::GET, "")).await.unwrap();
+    }
+    assert_eq!(on.state(&sick), Some(EndpointState::Ejected));
+    assert_eq!(off.state(&sick), Some(EndpointState::Serving), "off by default");
+}

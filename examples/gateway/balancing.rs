@@ -15,6 +15,8 @@
 //!                        # (20% of requests + 10/s per thread and rule)
 //!   replay: false        # also send a bodiless idempotent request (GET, HEAD, OPTIONS, PUT,
 //!                        # DELETE) again, elsewhere, when it failed after it was sent
+//!   consecutive5xx: 5    # eject an endpoint after this many 5xx answers in a row (Envoy's
+//!                        # outlier detection); absent or 0: off
 //!   affinity: {header: x-user}   # or {cookie: NAME}, or {clientIP: true}: for requests
 //!                                # without a session, a hash of this picks the endpoint
 //! ```
@@ -43,6 +45,8 @@ pub(crate) struct Extension {
     eject_for: Option<String>,
     redispatches: Option<u8>,
     replay: Option<bool>,
+    #[serde(rename = "consecutive5xx")]
+    consecutive_5xx: Option<u32>,
     affinity: Option<AffinityConfig>,
 }
 
@@ -71,6 +75,7 @@ pub(crate) struct Balancing {
     eject_for: Option<Duration>,
     replay: bool,
     redispatches: Option<u8>,
+    consecutive_5xx: Option<u32>,
     affinity: Option<Affinity>,
 }
 
@@ -111,7 +116,8 @@ impl Balancing {
         }
         // Requests an endpoint never got are redispatched whatever they are (the pool hands
         // them back); `replay` adds bodiless idempotent ones that failed once sent.
-        let builder = builder.retry_sent_idempotent(self.replay);
+        let builder =
+            builder.retry_sent_idempotent(self.replay).eject_after_5xx(self.consecutive_5xx);
         match (self.affinity.as_ref().map(key_fn), self.replay) {
             (None, false) => builder.build(),
             (None, true) => builder.replay_empty_bodies().build(),
@@ -153,6 +159,7 @@ pub(crate) fn check(extension: Option<&Extension>, at: &str) -> Result<Balancing
         eject_for: duration(ext.eject_for.as_deref(), &field("ejectFor"))?,
         replay: ext.replay.unwrap_or(false),
         redispatches: ext.redispatches,
+        consecutive_5xx: ext.consecutive_5xx,
         affinity,
     })
 }

@@ -81,6 +81,7 @@ pub struct BalancerBuilder<D, A = NoAffinity, R = NoReplay, V = OwnView> {
     retry_sent: bool,
     redispatches: u8,
     budget: Option<(u32, f32)>,
+    consecutive_5xx: Option<u32>,
 }
 
 /// The default of [`BalancerBuilder`]'s view: a [`HealthView`] of the balancer's own, shared
@@ -120,6 +121,7 @@ impl<D, A, R, V> fmt::Debug for BalancerBuilder<D, A, R, V> {
             .field("retry_sent", &self.retry_sent)
             .field("redispatches", &self.redispatches)
             .field("budget", &self.budget)
+            .field("consecutive_5xx", &self.consecutive_5xx)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +162,7 @@ impl<D> BalancerBuilder<D> {
             retry_sent: false,
             redispatches: REDISPATCHES,
             budget: Some(BUDGET),
+            consecutive_5xx: None,
         }
     }
 }
@@ -256,6 +259,7 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
             retry_sent: self.retry_sent,
             redispatches: self.redispatches,
             budget: self.budget,
+            consecutive_5xx: self.consecutive_5xx,
         }
     }
 
@@ -282,6 +286,7 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
             retry_sent: self.retry_sent,
             redispatches: self.redispatches,
             budget: self.budget,
+            consecutive_5xx: self.consecutive_5xx,
         }
     }
 
@@ -310,6 +315,7 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
             retry_sent: self.retry_sent,
             redispatches: self.redispatches,
             budget: self.budget,
+            consecutive_5xx: self.consecutive_5xx,
         }
     }
 
@@ -338,6 +344,16 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
     /// many fail.
     pub fn no_retry_budget(mut self) -> Self {
         self.budget = None;
+        self
+    }
+
+    /// Passive outlier detection (Envoy's `consecutive_5xx`): an endpoint that answers `n`
+    /// 5xx responses in a row (counted over every balancer of its [`HealthView`]) is ejected
+    /// for [`eject_for`](Self::eject_for), like after a connect failure. Off by default (a
+    /// backend's 5xx is usually the application's answer, not the endpoint's health);
+    /// `Some(0)` counts as off.
+    pub fn eject_after_5xx(mut self, n: Option<u32>) -> Self {
+        self.consecutive_5xx = n.filter(|&n| n > 0);
         self
     }
 
@@ -387,6 +403,7 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
             retry_sent: self.retry_sent,
             redispatches: self.redispatches,
             budget,
+            consecutive_5xx: self.consecutive_5xx,
         };
         let weights: Vec<u64> = self.groups.iter().map(|(w, _)| *w).collect();
         let view = self.view.into_view();

@@ -127,6 +127,8 @@ pub(crate) struct Settings<B> {
     pub(crate) redispatches: u8,
     /// Redispatches as a share of requests, so that a failing fleet is not sent more load.
     pub(crate) budget: Option<TpsBudget>,
+    /// Eject an endpoint after this many 5xx answers in a row (Envoy's `consecutive_5xx`).
+    pub(crate) consecutive_5xx: Option<u32>,
 }
 
 impl<B> fmt::Debug for Settings<B> {
@@ -141,6 +143,7 @@ impl<B> fmt::Debug for Settings<B> {
             .field("retry_sent", &self.retry_sent)
             .field("redispatches", &self.redispatches)
             .field("budget", &self.budget.is_some())
+            .field("consecutive_5xx", &self.consecutive_5xx)
             .finish_non_exhaustive()
     }
 }
@@ -450,6 +453,27 @@ where
         }
         health.count_pinned();
         Some(slot.endpoint.clone())
+    }
+
+    /// The state of the endpoint `key` in this balancer.
+    pub(crate) fn health(&self, key: &K) -> Option<Arc<Health>> {
+        self.read().slots.get(key).map(|slot| slot.endpoint.health().clone())
+    }
+
+    /// Counts an answer of `key` for passive outlier detection: a 5xx adds one to its run of
+    /// 5xx answers (shared by the view), anything else ends the run; a run of
+    /// `consecutive_5xx` ejects it.
+    pub(crate) fn outlier(&self, key: &K, health: &Arc<Health>, status: http::StatusCode) {
+        let Some(limit) = self.settings.consecutive_5xx else { return };
+        if !status.is_server_error() {
+            health.shared.end_5xx_run();
+            return;
+        }
+        if health.shared.add_5xx() >= limit {
+            health.shared.end_5xx_run();
+            tracing::info!(endpoint = ?key, limit, "endpoint answered 5xx in a row");
+            self.eject(key, health);
+        }
     }
 
     /// What is known of `key`: its state here, and what the view shares.

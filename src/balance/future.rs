@@ -19,7 +19,7 @@ use tower_service::Service;
 use super::core::{BalancedFuture, Core, Dispatched, DispatcherGone, Enqueued};
 use super::endpoint::{Endpoint, EndpointFuture, FailedAt, Health, WaitSlot};
 use super::failure::{is_idempotent, take_unsent_request};
-use crate::{EndpointKey, OnUnavailable, PinnedUnavailable};
+use crate::{EndpointKey, OnUnavailable, PinnedUnavailable, ServedBy};
 
 /// Why a request went to one endpoint rather than through p2c.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,6 +232,11 @@ where
         crate::metrics::redispatch_denied("attempts");
         return Err(error);
     }
+    // Nowhere else to go: the endpoint's own error says more than "no endpoints".
+    let Some(endpoint) = core.redispatch_target(key) else {
+        tracing::debug!(endpoint = ?key, %error, "endpoint failing; no other endpoint to redispatch to");
+        return Err(error);
+    };
     if let Some(budget) = &settings.budget
         && !budget.withdraw()
     {
@@ -241,18 +246,9 @@ where
     }
     *redispatches -= 1;
     crate::metrics::redispatched(reason);
-    match core.redispatch_target(key) {
-        Some(endpoint) => {
-            tracing::debug!(endpoint = ?key, to = ?endpoint.key(), %error, "endpoint failing; redispatching");
-            *mode = Mode::Redispatched;
-            Ok(State::Direct { endpoint, req: Some(req), wait: None })
-        }
-        None => {
-            tracing::debug!(endpoint = ?key, %error, "endpoint failing; redispatching on the balanced path");
-            *mode = Mode::Balanced;
-            Ok(balance(core, req))
-        }
-    }
+    tracing::debug!(endpoint = ?key, to = ?endpoint.key(), %error, "endpoint failing; redispatching");
+    *mode = Mode::Redispatched;
+    Ok(State::Direct { endpoint, req: Some(req), wait: None })
 }
 
 impl<K, S, B, RB> Future for ResponseFuture<K, S, B>
@@ -342,7 +338,12 @@ where
                     }
                 }
                 StateProj::Calling { future, key, health } => match ready!(future.poll(cx)) {
-                    Ok(res) => return Poll::Ready(Ok(res)),
+                    Ok(res) => {
+                        if this.core.settings.consecutive_5xx.is_some() {
+                            this.core.outlier(key, health, res.status());
+                        }
+                        return Poll::Ready(Ok(res));
+                    }
                     Err(error) => {
                         match fail_over(
                             this.core,
@@ -368,7 +369,15 @@ where
                     Err(_) => return Poll::Ready(Err(DispatcherGone.into())),
                 },
                 StateProj::Balanced { future } => match ready!(future.poll(cx)) {
-                    Ok(res) => return Poll::Ready(Ok(res)),
+                    Ok(res) => {
+                        if this.core.settings.consecutive_5xx.is_some()
+                            && let Some(ServedBy(key)) = res.extensions().get::<ServedBy<K>>()
+                            && let Some(health) = this.core.health(key)
+                        {
+                            this.core.outlier(key, &health, res.status());
+                        }
+                        return Poll::Ready(Ok(res));
+                    }
                     Err(error) => match error.downcast::<FailedAt<K>>() {
                         Ok(failed) => {
                             let FailedAt { key, health, error } = *failed;

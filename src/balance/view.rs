@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     /// When the last of them came while it was draining: milliseconds since the Unix epoch,
     /// 0 for never.
     last_pinned_ms: AtomicU64,
+    /// 5xx answers in a row (passive outlier detection, when on).
+    run_of_5xx: AtomicU32,
 }
 
 impl Shared {
@@ -79,6 +81,19 @@ impl Shared {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX).max(1);
             self.last_pinned_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// One more 5xx answer; returns the run's length.
+    pub(crate) fn add_5xx(&self) -> u32 {
+        self.run_of_5xx.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+
+    /// An answer other than 5xx, or an ejection: the run starts again.
+    pub(crate) fn end_5xx_run(&self) {
+        // Read first: the common case (no run) then costs no cache-line write.
+        if self.run_of_5xx.load(Ordering::Relaxed) != 0 {
+            self.run_of_5xx.store(0, Ordering::Relaxed);
         }
     }
 

@@ -544,3 +544,37 @@ async fn a_remove_from_the_wrong_group_is_ignored() {
     assert_eq!(balancer.state(&key("a")), Some(EndpointState::Serving));
     drop(g1);
 }
+
+/// A new session whose group has a ready endpoint is sent from the caller's own task, on the
+/// future's first poll: no queue, no dispatcher task in between. When none is ready, the
+/// request waits for the dispatcher, which sends it once one is.
+#[tokio::test(flavor = "current_thread")]
+async fn a_balanced_request_goes_out_on_its_first_poll_when_an_endpoint_is_ready() {
+    let (a, mut ha) = mock::pair::<Request<()>, Response<()>>();
+    let (endpoints, discover) = discover_channel();
+    endpoints.insert(key("a"), a);
+    let balancer = BalancerBuilder::new().group(1, discover).build();
+    settle().await;
+
+    ha.allow(1);
+    let mut fresh = tokio_test::task::spawn(balancer.clone().oneshot(Request::new(())));
+    assert_pending!(fresh.poll(), "sent, waiting for the answer");
+    let (_req, send) = assert_ready!(tokio_test::task::spawn(ha.next_request()).poll())
+        .expect("sent on the first poll, by this task");
+    send.send_response(Response::new(()));
+    assert_eq!(served_by(&mut assert_ready!(fresh.poll()).unwrap()), "a");
+
+    // Not ready: queued for the dispatcher, sent when the endpoint becomes ready.
+    let mut waiting = tokio_test::task::spawn(balancer.clone().oneshot(Request::new(())));
+    assert_pending!(waiting.poll());
+    settle().await;
+    assert_pending!(
+        tokio_test::task::spawn(ha.next_request()).poll(),
+        "nothing ready: nothing sent"
+    );
+    ha.allow(1);
+    settle().await;
+    assert_pending!(waiting.poll());
+    answer(&mut ha).await;
+    assert_eq!(served_by(&mut assert_ready!(waiting.poll()).unwrap()), "a");
+}

@@ -15,7 +15,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower_service::Service;
 
 use super::affinity::{AffinityKey, NoAffinity};
-use super::core::{Classifier, Core, Settings, dispatch};
+use super::core::{Classifier, Core, P2c, Settings, dispatch};
 use super::failure::{NoReplay, Replay, ReplayEmptyBodies, is_connect_failure};
 use super::future::{Mode, ResponseFuture};
 use super::state::EndpointState;
@@ -407,13 +407,15 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
         };
         let weights: Vec<u64> = self.groups.iter().map(|(w, _)| *w).collect();
         let view = self.view.into_view();
-        let (core, ends) = Core::new(&weights, self.capacity, settings, view.clone());
+        let (core, ends) = Core::new(&weights, self.capacity, settings, view.clone(), |feed| {
+            P2c::new(Box::new(Balance::new(feed)))
+        });
         let core = Arc::new(core);
         let member: Weak<dyn Member<K>> = Arc::downgrade(&core) as Weak<dyn Member<K>>;
         view.join(member);
         for (group, ((_, discover), (p2c, queue))) in self.groups.into_iter().zip(ends).enumerate()
         {
-            tokio::spawn(dispatch(Balance::new(p2c), queue));
+            tokio::spawn(dispatch(p2c, queue));
             tokio::spawn(follow(Box::pin(discover), Arc::downgrade(&core), group));
         }
         Balancer { core }

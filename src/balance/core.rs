@@ -12,8 +12,8 @@ use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::task::Poll;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::MapErr;
@@ -55,8 +55,55 @@ where
 pub(crate) type WaitingForRoom<K, S, B> =
     Pin<Box<dyn Future<Output = Result<oneshot::Receiver<Dispatched<K, S, B>>, BoxError>> + Send>>;
 
-/// The receiving ends of one group: its p2c balancer's discovery and its request queue.
-pub(crate) type GroupEnds<K, S, B> = (FeedReceiver<K, Gated<K, S>>, mpsc::Receiver<Msg<K, S, B>>);
+/// The receiving ends of one group, for its dispatcher: its p2c balancer and its request queue.
+pub(crate) type GroupEnds<K, S, B> = (SharedP2c<K, S, B>, mpsc::Receiver<Msg<K, S, B>>);
+
+/// One group's p2c balancer, shared by its dispatcher and by the requests that find an
+/// endpoint ready at once (they skip the queue and the two task hand-offs of the dispatcher).
+pub(crate) type SharedP2c<K, S, B> = Arc<Mutex<P2c<B, BalancedFuture<K, S, B>>>>;
+
+/// A p2c balancer: tower's `Balance` over the group's feed, as a trait object, so that the
+/// table need not carry `Balance`'s bounds.
+pub(crate) trait Picker<B, F>: Send {
+    /// Whether an endpoint is ready for the next request.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+
+    /// Sends `req` to the endpoint found ready; only right after `poll_ready` said so, under
+    /// the same lock.
+    fn call(&mut self, req: Request<B>) -> F;
+}
+
+impl<K, S, B, RB> Picker<B, BalancedFuture<K, S, B>>
+    for Balance<FeedReceiver<K, Gated<K, S>>, Request<B>>
+where
+    K: EndpointKey,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Service::poll_ready(self, cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> BalancedFuture<K, S, B> {
+        Service::call(self, req)
+    }
+}
+
+/// A group's p2c balancer and whether its dispatcher is waiting on it.
+pub(crate) struct P2c<B, F> {
+    picker: Box<dyn Picker<B, F>>,
+    /// The dispatcher polled, found no endpoint ready, and waits with its wakers registered
+    /// in p2c: nobody else may poll now (the last poll's waker is the one woken).
+    dispatcher_waiting: bool,
+}
+
+impl<B, F> P2c<B, F> {
+    pub(crate) fn new(picker: Box<dyn Picker<B, F>>) -> Self {
+        Self { picker, dispatcher_waiting: false }
+    }
+}
 
 /// How a balanced request got into its group's queue.
 pub(crate) enum Enqueued<K, S, B>
@@ -158,6 +205,7 @@ where
     eligible: AtomicUsize,
     p2c: FeedSender<K, Gated<K, S>>,
     queue: mpsc::Sender<Msg<K, S, B>>,
+    balance: SharedP2c<K, S, B>,
 }
 
 struct Slot<K, S> {
@@ -242,19 +290,22 @@ where
         capacity: usize,
         settings: Settings<B>,
         view: HealthView<K>,
+        picker: impl Fn(FeedReceiver<K, Gated<K, S>>) -> P2c<B, BalancedFuture<K, S, B>>,
     ) -> (Self, Vec<GroupEnds<K, S, B>>) {
         let mut groups = Vec::with_capacity(weights.len());
         let mut ends = Vec::with_capacity(weights.len());
         for &weight in weights {
             let (p2c, discover) = feed();
             let (queue, requests) = mpsc::channel(capacity);
+            let balance = Arc::new(Mutex::new(picker(discover)));
             groups.push(Group {
                 weight: AtomicU64::new(weight),
                 eligible: AtomicUsize::new(0),
                 p2c,
                 queue,
+                balance: balance.clone(),
             });
-            ends.push((discover, requests));
+            ends.push((balance, requests));
         }
         let table =
             Table { slots: HashMap::new(), members: weights.iter().map(|_| Vec::new()).collect() };
@@ -436,8 +487,10 @@ where
     fn recover_later(&self, key: K, shared: Arc<Shared>, epoch: u64) {
         let view = self.view.clone();
         let period = self.settings.eject_for;
+        // From now, not from the task's first poll, which may come later.
+        let until = Instant::now() + period;
         tokio::spawn(async move {
-            tokio::time::sleep(period).await;
+            tokio::time::sleep_until(until).await;
             view.recover(&key, &shared, epoch);
         });
     }
@@ -517,9 +570,8 @@ where
         affinity::rendezvous(key, &table.members[group]).cloned()
     }
 
-    /// Puts a request on the balanced path: picks a group by weight among those that can take
-    /// new sessions and queues the request for its p2c dispatcher.
-    pub(crate) fn enqueue(&self, req: Request<B>) -> Enqueued<K, S, B> {
+    /// Picks a group by weight among those that can take new sessions.
+    pub(crate) fn pick_group(&self) -> Option<usize> {
         let weights = self.groups.iter().map(|g| {
             if g.eligible.load(Ordering::Acquire) > 0 {
                 g.weight.load(Ordering::Relaxed)
@@ -527,9 +579,32 @@ where
                 0
             }
         });
-        let Some(group) = self.picker.pick(weights) else {
-            return Enqueued::Failed(NoEndpoints.into());
-        };
+        self.picker.pick(weights)
+    }
+
+    /// Sends a balanced request through `group`'s p2c at once, from the caller's task, if an
+    /// endpoint is ready now and the dispatcher is not waiting (its wakers must stay
+    /// registered); otherwise hands the request back, for the queue.
+    pub(crate) fn try_now(
+        &self,
+        group: usize,
+        req: Request<B>,
+        cx: &mut Context<'_>,
+    ) -> Result<BalancedFuture<K, S, B>, Request<B>> {
+        let Ok(mut p2c) = self.groups[group].balance.try_lock() else { return Err(req) };
+        if p2c.dispatcher_waiting {
+            return Err(req);
+        }
+        // A `Pending` registers this task's waker; harmless, as the dispatcher polls (and
+        // registers its own) before it waits on p2c.
+        match p2c.picker.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Ok(p2c.picker.call(req)),
+            _ => Err(req),
+        }
+    }
+
+    /// Queues a balanced request for `group`'s p2c dispatcher.
+    pub(crate) fn enqueue(&self, group: usize, req: Request<B>) -> Enqueued<K, S, B> {
         let (reply, answer) = oneshot::channel();
         let deadline = Instant::now() + self.settings.failfast;
         let msg = Msg { req, reply, deadline };
@@ -563,8 +638,8 @@ where
 {
     fn changed(&self, key: &K, shared: &Arc<Shared>) {
         let mut table = self.write();
-        // The same endpoint only: a key this balancer re-inserted since shares the view's
-        // entry too, so any entry under the key is the one that changed.
+        // Only if the slot still holds this entry: a key removed everywhere and inserted
+        // again has a new one, and the notice is stale.
         let ours = table
             .slots
             .get(key)
@@ -575,44 +650,52 @@ where
     }
 }
 
-/// One group's dispatcher: owns the group's p2c `Balance` and hands it queued requests one
-/// at a time, each as soon as p2c has a ready endpoint, or fails the request with
-/// [`NoEndpoints`] at its deadline. Ends when every handle of the balancer is gone.
-pub(crate) async fn dispatch<K, S, B, RB>(
-    mut balance: Balance<FeedReceiver<K, Gated<K, S>>, Request<B>>,
+/// One group's dispatcher: hands queued requests to the group's p2c one at a time, each as
+/// soon as p2c has a ready endpoint, or fails the request with [`NoEndpoints`] at its
+/// deadline. Requests that find an endpoint ready at once never come here
+/// ([`Core::try_now`]). Ends when every handle of the balancer is gone.
+pub(crate) async fn dispatch<K, S, B>(
+    p2c: SharedP2c<K, S, B>,
     mut queue: mpsc::Receiver<Msg<K, S, B>>,
 ) where
-    K: EndpointKey,
-    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + Sync + 'static,
-    S::Error: Into<BoxError>,
+    S: Service<Request<B>>,
 {
+    let lock = || p2c.lock().unwrap_or_else(PoisonError::into_inner);
     while let Some(Msg { req, mut reply, deadline }) = queue.recv().await {
         if reply.is_closed() {
             continue;
         }
         let mut expired = pin!(tokio::time::sleep_until(deadline));
-        let ready = poll_fn(|cx| {
-            if let Poll::Ready(ready) = balance.poll_ready(cx) {
-                return Poll::Ready(Some(ready.is_ok()));
+        let mut req = Some(req);
+        let answer = poll_fn(|cx| {
+            {
+                let mut p2c = lock();
+                match p2c.picker.poll_ready(cx) {
+                    Poll::Ready(ready) => {
+                        p2c.dispatcher_waiting = false;
+                        return Poll::Ready(match (ready, req.take()) {
+                            (Ok(()), Some(req)) => Some(Ok(p2c.picker.call(req))),
+                            _ => Some(Err(NoEndpoints.into())),
+                        });
+                    }
+                    Poll::Pending => p2c.dispatcher_waiting = true,
+                }
             }
-            if reply.poll_closed(cx).is_ready() {
-                return Poll::Ready(None);
-            }
-            if expired.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Some(false));
+            let gone = reply.poll_closed(cx).is_ready();
+            if gone || expired.as_mut().poll(cx).is_ready() {
+                lock().dispatcher_waiting = false;
+                if gone {
+                    return Poll::Ready(None);
+                }
+                tracing::debug!("no endpoint of the group became ready before the deadline");
+                return Poll::Ready(Some(Err(NoEndpoints.into())));
             }
             Poll::Pending
         })
         .await;
-        let answer = match ready {
-            None => continue,
-            Some(true) => Ok(balance.call(req)),
-            Some(false) => {
-                tracing::debug!("no endpoint of the group became ready before the deadline");
-                Err(NoEndpoints.into())
-            }
-        };
         // The caller may have gone meanwhile; its request is then dropped with the future.
-        let _ = reply.send(answer);
+        if let Some(answer) = answer {
+            let _ = reply.send(answer);
+        }
     }
 }

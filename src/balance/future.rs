@@ -16,7 +16,7 @@ use tower::BoxError;
 use tower::retry::budget::Budget;
 use tower_service::Service;
 
-use super::core::{BalancedFuture, Core, Dispatched, DispatcherGone, Enqueued};
+use super::core::{BalancedFuture, Core, Dispatched, DispatcherGone, Enqueued, NoEndpoints};
 use super::endpoint::{Endpoint, EndpointFuture, FailedAt, Health, WaitSlot};
 use super::failure::{is_idempotent, take_unsent_request};
 use crate::{EndpointKey, OnUnavailable, PinnedUnavailable, ServedBy};
@@ -49,6 +49,8 @@ pin_project! {
         Direct { endpoint: Endpoint<K, S>, req: Option<Request<B>>, wait: Option<Wait> },
         /// Sent to that endpoint.
         Calling { #[pin] future: EndpointFuture<F, K>, key: K, health: Arc<Health> },
+        /// For the group's p2c: sent at once if an endpoint is ready, else queued.
+        ToBalance { group: usize, req: Option<Request<B>> },
         /// Waiting for room in the group's queue.
         Enqueued { waiting: Waiting<T> },
         /// Waiting for the group's dispatcher.
@@ -99,6 +101,7 @@ where
         let state = match self.state {
             State::Direct { .. } => "waiting for its endpoint",
             State::Calling { .. } => "sent to its endpoint",
+            State::ToBalance { .. } => "for p2c",
             State::Enqueued { .. } => "waiting for room in the queue",
             State::Queued { .. } => "queued for p2c",
             State::Balanced { .. } => "sent by p2c",
@@ -160,10 +163,9 @@ where
     S::Future: Send + 'static,
     B: Send + 'static,
 {
-    match core.enqueue(req) {
-        Enqueued::Queued(answer) => State::Queued { answer },
-        Enqueued::Waiting(waiting) => State::Enqueued { waiting },
-        Enqueued::Failed(error) => State::Failed { error: Some(error) },
+    match core.pick_group() {
+        Some(group) => State::ToBalance { group, req: Some(req) },
+        None => State::Failed { error: Some(NoEndpoints.into()) },
     }
 }
 
@@ -359,6 +361,19 @@ where
                         }
                     }
                 },
+                StateProj::ToBalance { group, req } => {
+                    let Some(req) = req.take() else {
+                        return Poll::Ready(Err(PolledAfterCompletion.into()));
+                    };
+                    match this.core.try_now(*group, req, cx) {
+                        Ok(future) => State::Balanced { future },
+                        Err(req) => match this.core.enqueue(*group, req) {
+                            Enqueued::Queued(answer) => State::Queued { answer },
+                            Enqueued::Waiting(waiting) => State::Enqueued { waiting },
+                            Enqueued::Failed(error) => State::Failed { error: Some(error) },
+                        },
+                    }
+                }
                 StateProj::Enqueued { waiting } => match ready!(waiting.as_mut().poll(cx)) {
                     Ok(answer) => State::Queued { answer },
                     Err(error) => return Poll::Ready(Err(error)),

@@ -585,6 +585,9 @@ where
     /// Sends a balanced request through `group`'s p2c at once, from the caller's task, if an
     /// endpoint is ready now and the dispatcher is not waiting (its wakers must stay
     /// registered); otherwise hands the request back, for the queue.
+    // The request comes back by value when it must queue; boxing it would allocate on the
+    // hot path.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn try_now(
         &self,
         group: usize,

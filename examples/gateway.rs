@@ -322,6 +322,8 @@ mod edge;
 mod failure;
 #[path = "gateway/grpc.rs"]
 mod grpc;
+#[path = "gateway/h2c.rs"]
+mod h2c;
 #[path = "gateway/health.rs"]
 mod health;
 #[path = "gateway/listeners.rs"]

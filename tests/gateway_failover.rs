@@ -61,12 +61,17 @@ impl Backend {
 }
 
 fn config(endpoints: &[(&str, SocketAddr)], extra: &str) -> String {
+    config_with(endpoints, extra, "")
+}
+
+/// `service` is added to the service's entry (`appProtocol: kubernetes.io/h2c`).
+fn config_with(endpoints: &[(&str, SocketAddr)], extra: &str, service: &str) -> String {
     let list: Vec<String> =
         endpoints.iter().map(|(id, addr)| format!("{{address: \"{addr}\", id: {id}}}")).collect();
     format!(
         "{extra}services:
   - name: echo
-    endpoints: [{}]
+    {service}endpoints: [{}]
 routes:
   - apiVersion: gateway.networking.k8s.io/v1
     kind: HTTPRoute
@@ -250,8 +255,18 @@ async fn an_endpoint_that_accepts_no_connection_is_ejected_once_for_every_thread
 /// intact, the session re-pinned with one new cookie.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_to_a_dead_pinned_endpoint_is_redispatched_with_its_body() {
+    post_to_a_dead_pinned_endpoint("").await;
+}
+
+/// The same with endpoints reached over h2c (one multiplexed connection per endpoint).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_to_a_dead_pinned_h2c_endpoint_is_redispatched_with_its_body() {
+    post_to_a_dead_pinned_endpoint("appProtocol: kubernetes.io/h2c\n    ").await;
+}
+
+async fn post_to_a_dead_pinned_endpoint(service: &str) {
     let [a, b] = [Backend::start("a").await, Backend::start("b").await];
-    let gw = start_gateway(&config(&[("a", a.addr), ("b", b.addr)], "")).await;
+    let gw = start_gateway(&config_with(&[("a", a.addr), ("b", b.addr)], "", service)).await;
     let url = format!("{}/", gw.url);
     let client = loop {
         let client = jar();

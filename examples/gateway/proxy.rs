@@ -8,7 +8,8 @@
 //! end of the request body (`backendResponse`: a steady upload of any length is never cut) and
 //! each pause of the response body (`backendIdle`). Bodies are streamed, never collected;
 //! protocol upgrades are handed to the [`upgrade`] module. HTTP/1.1 endpoints are reached over
-//! the connections of their own [`pool`](crate::pool); h2c endpoints over hyper-util's client.
+//! the connections of their own [`pool`](crate::pool); h2c endpoints over one multiplexed
+//! [`h2c`](crate::h2c) connection. Both hand a request that never left back to the balancer.
 //!
 //! With `limits.maxConnectionsPerEndpoint`, an endpoint is ready only while it has a free
 //! place, shared by every serving thread: the balancer then queues pinned requests for it
@@ -28,9 +29,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
@@ -40,6 +38,7 @@ use tower_session_persistence::edge::{ForwardedHeaders, IdleTimeoutBody, Proto};
 
 use crate::client_body::BodyDone;
 use crate::edge::{Edge, Timeouts};
+use crate::h2c::H2c;
 use crate::pool::Pool;
 use crate::upgrade;
 
@@ -87,7 +86,7 @@ impl Upstreams {
             Authority::try_from(addr.to_string()).expect("a socket address is a valid authority");
         let connect = self.settings.timeouts.connect;
         let sender = if h2c {
-            Sender::H2c(Box::new(h2c_client(addr, connect)))
+            Sender::H2c(H2c::new(addr, Some(connect)))
         } else {
             Sender::Http1(Pool::new(addr, Some(connect)))
         };
@@ -105,40 +104,6 @@ impl Upstreams {
             places,
             place: None,
         }
-    }
-}
-
-/// The client of an h2c endpoint: one multiplexed connection, always to `addr` whatever the
-/// request's authority (which is the client's host, sent as `:authority`).
-type H2cClient = Client<FixedAddr, Body>;
-
-fn h2c_client(addr: SocketAddr, connect: Duration) -> H2cClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect));
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(Duration::from_secs(30)).http2_only(true);
-    builder.build(FixedAddr { addr: Uri::try_from(format!("http://{addr}")).ok(), connector })
-}
-
-/// A connector that reaches one address whatever URI it is asked for.
-#[derive(Clone, Debug)]
-struct FixedAddr {
-    addr: Option<Uri>,
-    connector: HttpConnector,
-}
-
-impl Service<Uri> for FixedAddr {
-    type Response = <HttpConnector as Service<Uri>>::Response;
-    type Error = <HttpConnector as Service<Uri>>::Error;
-    type Future = <HttpConnector as Service<Uri>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.connector.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        self.connector.call(self.addr.clone().unwrap_or(uri))
     }
 }
 
@@ -235,7 +200,7 @@ impl Clone for Upstream {
 #[derive(Clone)]
 enum Sender {
     Http1(Pool),
-    H2c(Box<H2cClient>),
+    H2c(H2c),
 }
 
 impl fmt::Debug for Upstream {
@@ -297,17 +262,9 @@ impl Service<Request<Body>> for Upstream {
                 origin_form(&mut req, &self.authority);
                 futures_util::future::Either::Left(async move { pool.send(req).await })
             }
-            Sender::H2c(client) => {
-                let sent = client.request(req);
-                futures_util::future::Either::Right(async move {
-                    match sent.await {
-                        Ok(res) => Ok(res.map(Body::new)),
-                        // The client keeps no request it could not send: the endpoint is
-                        // ejected, the request not redispatched.
-                        Err(error) if error.is_connect() => Err(NotSent::new(error).into()),
-                        Err(error) => Err(error.into()),
-                    }
-                })
+            Sender::H2c(h2c) => {
+                let h2c = h2c.clone();
+                futures_util::future::Either::Right(async move { h2c.send(req).await })
             }
         };
         let timeouts = self.settings.timeouts;

@@ -8,7 +8,6 @@
 //! endpoint rather than failing.
 
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +16,11 @@ use axum::body::Body;
 use http::{Request, Response};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tower::BoxError;
 use tower_session_persistence::balance::NotSent;
+
+use crate::pool;
 
 /// The h2c connection to one endpoint. Cheap to clone.
 #[derive(Clone)]
@@ -88,14 +88,7 @@ impl H2c {
     /// Opens a connection and starts driving it on this thread.
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let addr = self.inner.addr;
-        let connecting = TcpStream::connect(addr);
-        let stream = match self.inner.connect_timeout {
-            Some(limit) => tokio::time::timeout(limit, connecting)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??,
-            None => connecting.await?,
-        };
-        stream.set_nodelay(true)?;
+        let stream = pool::open(addr, self.inner.connect_timeout).await?;
         let (sender, connection) =
             http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
         tokio::spawn(async move {

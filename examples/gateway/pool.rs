@@ -111,14 +111,7 @@ impl Pool {
     /// unreachable, timed out, a failed handshake) is before the request was sent.
     async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let addr = self.inner.addr;
-        let connecting = TcpStream::connect(addr);
-        let stream = match self.inner.connect_timeout {
-            Some(limit) => tokio::time::timeout(limit, connecting)
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??,
-            None => connecting.await?,
-        };
-        stream.set_nodelay(true)?;
+        let stream = open(addr, self.inner.connect_timeout).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
@@ -145,6 +138,20 @@ impl Pool {
             }
         });
     }
+}
+
+/// Opens a TCP connection to an endpoint within `timeout`, with Nagle off (requests and
+/// answers are written whole).
+pub(crate) async fn open(addr: SocketAddr, timeout: Option<Duration>) -> io::Result<TcpStream> {
+    let connecting = TcpStream::connect(addr);
+    let stream = match timeout {
+        Some(limit) => tokio::time::timeout(limit, connecting)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timeout"))??,
+        None => connecting.await?,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 impl Inner {

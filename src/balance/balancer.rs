@@ -245,22 +245,7 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
     /// endpoints. Requests without a key, or whose endpoint is busy past the deadline, are
     /// balanced by p2c.
     pub fn affinity<A2>(self, key: A2) -> BalancerBuilder<D, A2, R, V> {
-        BalancerBuilder {
-            groups: self.groups,
-            on_unavailable: self.on_unavailable,
-            capacity: self.capacity,
-            failfast: self.failfast,
-            endpoint_queue: self.endpoint_queue,
-            eject_for: self.eject_for,
-            classifier: self.classifier,
-            affinity: key,
-            replay: self.replay,
-            view: self.view,
-            retry_sent: self.retry_sent,
-            redispatches: self.redispatches,
-            budget: self.budget,
-            consecutive_5xx: self.consecutive_5xx,
-        }
+        self.retyped(|_| key, |r| r, |v| v)
     }
 
     /// Copies each request before its first attempt, so that it can be sent again when its
@@ -272,22 +257,7 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
     ///
     /// [`NotSent::with_request`]: super::NotSent::with_request
     pub fn replay<R2>(self, replay: R2) -> BalancerBuilder<D, A, R2, V> {
-        BalancerBuilder {
-            groups: self.groups,
-            on_unavailable: self.on_unavailable,
-            capacity: self.capacity,
-            failfast: self.failfast,
-            endpoint_queue: self.endpoint_queue,
-            eject_for: self.eject_for,
-            classifier: self.classifier,
-            affinity: self.affinity,
-            replay,
-            view: self.view,
-            retry_sent: self.retry_sent,
-            redispatches: self.redispatches,
-            budget: self.budget,
-            consecutive_5xx: self.consecutive_5xx,
-        }
+        self.retyped(|a| a, |_| replay, |v| v)
     }
 
     /// Replays requests whose body is empty: [`replay`](Self::replay) with
@@ -301,6 +271,16 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
     /// view to all the per-core (or per-route) balancers of a process over the same
     /// endpoints. The view's key type is the balancer's: a mismatch does not compile.
     pub fn health_view<K>(self, view: HealthView<K>) -> BalancerBuilder<D, A, R, HealthView<K>> {
+        self.retyped(|a| a, |r| r, |_| view)
+    }
+
+    /// The same settings with the typed parts (affinity, replay, view) mapped.
+    fn retyped<A2, R2, V2>(
+        self,
+        affinity: impl FnOnce(A) -> A2,
+        replay: impl FnOnce(R) -> R2,
+        view: impl FnOnce(V) -> V2,
+    ) -> BalancerBuilder<D, A2, R2, V2> {
         BalancerBuilder {
             groups: self.groups,
             on_unavailable: self.on_unavailable,
@@ -309,9 +289,9 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
             endpoint_queue: self.endpoint_queue,
             eject_for: self.eject_for,
             classifier: self.classifier,
-            affinity: self.affinity,
-            replay: self.replay,
-            view,
+            affinity: affinity(self.affinity),
+            replay: replay(self.replay),
+            view: view(self.view),
             retry_sent: self.retry_sent,
             redispatches: self.redispatches,
             budget: self.budget,

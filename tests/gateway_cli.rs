@@ -727,6 +727,54 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
 }
 
 #[test]
+fn check_warns_of_the_legacy_idle_timeout_in_the_main_shape_and_not_of_ours() {
+    const SERVICES: &str = "services:\n  - {name: echo, endpoints: [\"127.0.0.1:9\"]}\n";
+    let file = |rule: &str| {
+        TempFile::new(&format!(
+            "{SERVICES}routes:\n{}",
+            route("shop", "", &format!("        - backendRefs: [{{name: echo}}]\n{rule}"))
+        ))
+    };
+    let legacy = file("          sessionPersistence: {cookie: {name: s}, idleTimeout: 5m}\n");
+    let (status, stdout, stderr) =
+        run_gateway(&["--config", legacy.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("config ok: 1 rule(s), 1 warning(s)"), "{stdout}");
+    let warning = lines.next().unwrap_or_default();
+    assert!(
+        warning.starts_with("warning: routes[0].spec.rules[0].sessionPersistence.idleTimeout: "),
+        "{stdout}"
+    );
+    assert!(warning.contains("x-session-persistence.idleTimeout"), "{stdout}");
+    // The log says it too, naming the field.
+    assert!(stderr.contains("WARN"), "{stderr}");
+    assert!(stderr.contains("routes[0].spec.rules[0].sessionPersistence.idleTimeout"), "{stderr}");
+
+    let ours = file(
+        "          sessionPersistence: {cookie: {name: s}}\n          \
+         x-session-persistence: {idleTimeout: 5m}\n",
+    );
+    let (status, stdout, stderr) = run_gateway(&["--config", ours.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "config ok: 1 rule(s)");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+
+    let both = file(
+        "          sessionPersistence: {cookie: {name: s}, idleTimeout: 5m}\n          \
+         x-session-persistence: {idleTimeout: 5m}\n",
+    );
+    let (status, _, stderr) = run_gateway(&["--config", both.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.starts_with(
+            "config error: routes[0].spec.rules[0].x-session-persistence.idleTimeout: "
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_documented_configuration_is_valid() {
     let source = include_str!("../examples/gateway.rs");
     let docs: String = source

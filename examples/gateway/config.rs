@@ -222,6 +222,8 @@ pub(crate) struct Plan {
     pub(crate) listeners: Option<Listeners>,
     /// Where the admin port listens, when there is one.
     pub(crate) admin: Option<SocketAddr>,
+    /// What works but should change, in file order.
+    pub(crate) warnings: Vec<ConfigWarning>,
 }
 
 /// One entry of `services:`.
@@ -325,6 +327,27 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something the file does that works but should change: logged at load, shown by `--check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ConfigWarning {
+    /// The YAML path of the field.
+    pub(crate) path: String,
+    /// What to change, and why.
+    pub(crate) message: String,
+}
+
+impl ConfigWarning {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
 /// Reads and checks a configuration file's text.
 pub(crate) fn parse(text: &str) -> Result<Plan, ConfigError> {
     let file: File = serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text))
@@ -416,7 +439,14 @@ fn check(file: File) -> Result<Plan, ConfigError> {
             }
         }
     }
+    let listener_warnings = listeners.iter().flat_map(|l| l.warnings.iter().cloned());
+    let rule_warnings = rules
+        .iter()
+        .filter_map(|rule| rule.persistence.as_ref())
+        .flat_map(|persistence| persistence.warnings().iter().cloned());
+    let warnings = listener_warnings.chain(rule_warnings).collect();
     Ok(Plan {
+        warnings,
         listen,
         keys,
         ephemeral_key,

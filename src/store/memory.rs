@@ -121,7 +121,9 @@ type Entries = Cache<u128, Slot, Bytes, Digest, DefaultLifecycle<u128, Slot>>;
 ///
 /// Memory: about 110 bytes per entry (`docs/BENCHMARKS.md`), so a million sessions take about
 /// 110 MB; keys are 16-byte hashes, entries are held in the cache itself, and endpoint keys
-/// are shared between entries.
+/// are shared between entries. Beyond the CPU's caches a lookup costs what its cache and TLB
+/// misses cost: a process holding millions of sessions gains most from huge pages (with glibc,
+/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), measured in `docs/BENCHMARKS.md`.
 ///
 /// A lookup records the use (a write) at most once a second per session, or every sixteenth
 /// of its idle timeout when that is shorter: a session survives any gap between requests

@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 mod gateway_process;
-use gateway_process::{TempFile, run_gateway, spawn_gateway, start_gateway};
+use gateway_process::{TempFile, rewrite, run_gateway, spawn_gateway, start_gateway};
 
 // ----- Backends. -----
 
@@ -136,14 +136,6 @@ fn dead_address() -> (SocketAddr, tokio::net::TcpSocket) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     (socket.local_addr().unwrap(), socket)
-}
-
-/// Replaces a file's contents at once (a new file renamed over it), so that a gateway polling
-/// it never reads it half-written.
-fn rewrite(path: &std::path::Path, contents: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, contents).unwrap();
-    std::fs::rename(&next, path).unwrap();
 }
 
 /// How many lines of the gateway's log contain `needle` so far.

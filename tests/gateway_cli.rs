@@ -718,6 +718,34 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
     assert!(stdout.starts_with("config ok"), "{stdout}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extension_idle_timeout_ends_an_unused_session() {
+    let a = backend("a").await;
+    let config = format!(
+        "services:\n  - {{name: echo, endpoints: [\"{}\"]}}\nroutes:\n{}",
+        a.addr,
+        route(
+            "shop",
+            "",
+            "        - backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: sticky}}
+          x-session-persistence: {idleTimeout: 2s}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let jar = jar_client();
+    let first = get(&jar, &gw.url).await;
+    assert!(set_cookies(&first).iter().any(|c| c.starts_with("sticky=")), "a session starts");
+    get(&jar, &gw.url).await;
+    gw.wait_log("session=pinned").await;
+    // Unused for longer than the idle timeout: the token it carries is over.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let later = get(&jar, &gw.url).await;
+    assert!(set_cookies(&later).iter().any(|c| c.starts_with("sticky=")), "a new session");
+    gw.wait_log("session=expired").await;
+}
+
 #[test]
 fn check_warns_of_the_legacy_idle_timeout_in_the_main_shape_and_not_of_ours() {
     const SERVICES: &str = "services:\n  - {name: echo, endpoints: [\"127.0.0.1:9\"]}\n";

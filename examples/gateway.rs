@@ -10,7 +10,9 @@
 //! ```text
 //! gateway                          demo mode (below)
 //! gateway --config FILE            run the routes of a YAML configuration file
-//! gateway --config FILE --check    validate the file and exit
+//! gateway --config FILE --check    validate the file and exit (`config ok: N rule(s)`; with
+//!                                  warnings, `, M warning(s)` and a `warning: <yaml path>:
+//!                                  …` line each; they are logged at load too)
 //! options:
 //!   --listen ADDR                  listen on ADDR (IP:port); overrides the file and the
 //!                                  demo's 127.0.0.1:8080; port 0 picks a free port. Refused

@@ -903,6 +903,24 @@ mod tests {
     }
 
     #[test]
+    fn the_plan_holds_its_warnings_in_file_order() {
+        let gateway = "gateways:\n- apiVersion: gateway.networking.k8s.io/v1\n  kind: Gateway\n  \
+                       metadata: {name: edge}\n  spec:\n    addresses: [{value: 127.0.0.1}, \
+                       {value: 127.0.0.2}]\n    listeners: [{name: web, protocol: HTTP, port: 0}]\n";
+        let rule = "{backendRefs: [{name: a}], sessionPersistence: {cookie: {}, idleTimeout: 5m}}";
+        let plan = parse(&format!("{gateway}{}", route(rule))).unwrap();
+        let paths: Vec<&str> = plan.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "gateways[0].spec.addresses",
+                "routes[0].spec.rules[0].sessionPersistence.idleTimeout"
+            ]
+        );
+        assert!(parse(&route("{backendRefs: [{name: a}]}")).unwrap().warnings.is_empty());
+    }
+
+    #[test]
     fn errors_name_the_yaml_path() {
         let e = error(&route("{backendRefs: [{name: b}]}"));
         assert!(e.starts_with("routes[0].spec.rules[0].backendRefs[0].name: "), "{e}");

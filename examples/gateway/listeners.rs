@@ -181,7 +181,7 @@ pub(crate) struct PortPlan {
 pub(crate) struct Listeners {
     pub(crate) listeners: Vec<ListenerPlan>,
     pub(crate) ports: Vec<PortPlan>,
-    /// Fields accepted but not applied (`tls.options`).
+    /// Fields accepted but not applied (`tls.options`, addresses after the first).
     pub(crate) warnings: Vec<ConfigWarning>,
 }
 
@@ -233,6 +233,14 @@ pub(crate) fn check(
             return Err(ConfigError::new(
                 format!("{at}.metadata.name"),
                 format!("another Gateway is already named {id}"),
+            ));
+        }
+        if let Some([_, more @ ..]) = gateway.spec.addresses.as_deref()
+            && !more.is_empty()
+        {
+            warnings.push(ConfigWarning::new(
+                format!("{at}.spec.addresses"),
+                "only the first address is listened on: the others are ignored",
             ));
         }
         let ip = match gateway.spec.addresses.as_deref() {

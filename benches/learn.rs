@@ -6,10 +6,12 @@
 //!
 //! `cargo bench --bench learn` (`--features redis` for the Redis case). Also measures the
 //! memory per entry of the in-process store (`learn/memory`): resident memory before and after
-//! filling it, divided by the entries.
+//! filling it, divided by the entries; and, for calibration, a plain `HashMap` lookup at the
+//! same sizes (`learn/hashmap_floor`): what any table costs on this machine's memory.
 
 use std::convert::Infallible;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -42,21 +44,23 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn key(n: u64) -> StoreKey {
+/// The `n`th key, in `scope`. The scope is shared, as the layer shares its own (a reference
+/// count, no allocation per lookup).
+fn key(scope: &Arc<str>, n: u64) -> StoreKey {
     let mut digest = [0u8; 16];
     digest[..8].copy_from_slice(&mix(n).to_be_bytes());
     digest[8..].copy_from_slice(&mix(!n).to_be_bytes());
-    StoreKey::new(SCOPE, digest)
+    StoreKey::new(scope.clone(), digest)
 }
 
 const ENDPOINTS: [&[u8]; 3] = [b"echo/10.0.0.1:8080", b"echo/10.0.0.2:8080", b"echo/10.0.0.3:8080"];
 
-fn filled(entries: u64) -> MemoryStore {
+fn filled(scope: &Arc<str>, entries: u64) -> MemoryStore {
     let store = MemoryStore::new(entries);
     let now = SystemTime::now();
     for n in 0..entries {
         let endpoint = ENDPOINTS[(n % 3) as usize];
-        let _ = store.insert(&key(n), endpoint, Lifetime::default(), now).take_ready();
+        let _ = store.insert(&key(scope, n), endpoint, Lifetime::default(), now).take_ready();
     }
     store
 }
@@ -77,9 +81,10 @@ fn rss() -> Option<u64> {
 
 fn store_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("learn/memory_store_lookup");
+    let scope: Arc<str> = SCOPE.into();
     for entries in sizes() {
         let before = rss();
-        let store = filled(entries);
+        let store = filled(&scope, entries);
         if let (Some(before), Some(after)) = (before, rss()) {
             println!(
                 "learn/memory: {entries} entries, {} bytes resident ({} per entry), {} held",
@@ -93,11 +98,33 @@ fn store_lookup(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(entries), &entries, |b, &entries| {
             b.iter(|| {
                 n = (n + 7919) % entries;
-                let found = store.lookup(&key(n), lifetime, SystemTime::now()).take_ready();
+                let found = store.lookup(&key(&scope, n), lifetime, SystemTime::now()).take_ready();
                 black_box(found)
             })
         });
         drop(store);
+    }
+    group.finish();
+}
+
+/// The floor a hash table lookup of a random key has on this machine: a `std` `HashMap` of
+/// 128-bit keys to 8-byte values, the same sizes and access pattern as `store_lookup`, no
+/// locks, no expiry, no eviction. What the store adds beyond this is its own cost; what this
+/// grows by from a thousand to ten million entries is the memory hierarchy's.
+fn hashmap_floor(c: &mut Criterion) {
+    let mut group = c.benchmark_group("learn/hashmap_floor");
+    let scope: Arc<str> = SCOPE.into();
+    for entries in sizes() {
+        let digest = |n: u64| u128::from_be_bytes(*key(&scope, n).digest());
+        let map: std::collections::HashMap<u128, u64> =
+            (0..entries).map(|n| (digest(n), n % 3)).collect();
+        let mut n = 0u64;
+        group.bench_with_input(BenchmarkId::from_parameter(entries), &entries, |b, &entries| {
+            b.iter(|| {
+                n = (n + 7919) % entries;
+                black_box(map.get(&digest(n)).copied())
+            })
+        });
     }
     group.finish();
 }
@@ -170,6 +197,7 @@ fn redis(c: &mut Criterion) {
     });
     let svc = layer().layer(inner());
     let mut group = c.benchmark_group("learn/redis");
+    let scope: Arc<str> = SCOPE.into();
     let mut i = 0;
     group.bench_function("known identifier (redis store, loopback)", |b| {
         b.to_async(&runtime).iter(|| {
@@ -183,11 +211,8 @@ fn redis(c: &mut Criterion) {
         b.to_async(&runtime).iter(|| {
             i = (i + 1) % 1000;
             let store = store.clone();
-            async move {
-                black_box(
-                    store.lookup(&key(i as u64), Lifetime::default(), SystemTime::now()).await,
-                )
-            }
+            let key = key(&scope, i as u64);
+            async move { black_box(store.lookup(&key, Lifetime::default(), SystemTime::now()).await) }
         })
     });
     group.finish();
@@ -199,5 +224,5 @@ fn redis(_: &mut Criterion) {
     println!("learn/redis: skipped, needs --features redis and LEARN_BENCH_REDIS");
 }
 
-criterion_group!(benches, store_lookup, layer, redis);
+criterion_group!(benches, store_lookup, hashmap_floor, layer, redis);
 criterion_main!(benches);

@@ -10,7 +10,9 @@
 //! ```text
 //! gateway                          demo mode (below)
 //! gateway --config FILE            run the routes of a YAML configuration file
-//! gateway --config FILE --check    validate the file and exit
+//! gateway --config FILE --check    validate the file and exit (`config ok: N rule(s)`; with
+//!                                  warnings, `, M warning(s)` and a `warning: <yaml path>:
+//!                                  …` line each; they are logged at load too)
 //! options:
 //!   --listen ADDR                  listen on ADDR (IP:port); overrides the file and the
 //!                                  demo's 127.0.0.1:8080; port 0 picks a free port. Refused
@@ -197,8 +199,13 @@
 //!             nocache: false          # insert: Cache-Control: private on cacheable answers
 //!             postonly: false         # insert: set the cookie on answers to POST only
 //!             maxClockSkew: 60s       # how far in the future a token may be dated
+//!             idleTimeout: 30m        # a session unused this long ends (GEP-2257); the
+//!                                     # token carries its last use, so no server state.
+//!                                     # Our field: Gateway API v1.6 and main dropped the
+//!                                     # stanza's idleTimeout (still read there, with a
+//!                                     # warning in the main shape; not both)
 //!             refreshInterval: 15m    # how often a token is re-issued (default: a quarter
-//!                                     # of the v1.1-v1.5 idleTimeout, else never)
+//!                                     # of idleTimeout, else never)
 //!             scope: shop             # rules naming the same scope share their sessions
 //!                                     # (and may then use the same cookie name and path)
 //!           x-balancer:               # optional extension block, every field optional
@@ -249,7 +256,8 @@
 //!                                         # {redis: {url: "redis://HOST:PORT/DB", timeout: 50ms,
 //!                                         # prefix: "tsp:learn:"}} (the `redis` feature, on by default;
 //!                                         # needs `keys`, the same on every replica)
-//! # in a rule, next to sessionPersistence (its idleTimeout/absoluteTimeout bound the mapping):
+//! # in a rule, next to sessionPersistence (its absoluteTimeout and x-session-persistence's
+//! # idleTimeout bound the mapping):
 //!           x-session-persistence:
 //!             strategy: learn
 //!             learn: {cookie: JSESSIONID, fromRequests: false}  # or {header: Mcp-Session-Id};
@@ -268,8 +276,11 @@
 //! With `--config`, the file is read again when it changes (checked once a second) and on
 //! `SIGHUP`. Changes to `services` apply at once, without a restart: endpoints added, removed
 //! (their sessions re-pin, per `onUnavailable`), marked `draining` or serving again, and
-//! `backendRefs` weights. No session whose endpoint is unchanged moves. Other changes (routes,
-//! matches, persistence, keys) are logged as needing a restart and are not applied; a file that
+//! `backendRefs` weights. No session whose endpoint is unchanged moves. The in-process store's
+//! limits (`store.memory`) change in place too, keeping the learned sessions. Other changes
+//! (routes, matches, persistence, keys; another store: memory and Redis swapped, another Redis
+//! URL, timeout or prefix, which would start without the learned sessions) are logged as
+//! needing a restart and are not applied; a file that
 //! fails its checks is logged and changes nothing. Certificates change live too: editing a
 //! Secret swaps it for new TLS handshakes, and established connections keep going (listeners
 //! themselves, their ports and hostnames, need a restart).
@@ -412,8 +423,17 @@ async fn control() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    for warning in &plan.warnings {
+        tracing::warn!(field = %warning.path, "{}", warning.message);
+    }
     if args.check {
-        println!("config ok: {} rule(s)", plan.rules.len());
+        match plan.warnings.len() {
+            0 => println!("config ok: {} rule(s)", plan.rules.len()),
+            n => println!("config ok: {} rule(s), {n} warning(s)", plan.rules.len()),
+        }
+        for warning in &plan.warnings {
+            println!("warning: {warning}");
+        }
         return ExitCode::SUCCESS;
     }
     if let Some(listen) = args.listen {

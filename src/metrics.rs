@@ -17,9 +17,12 @@ pub const DECISIONS_TOTAL: &str = "session_persistence_decisions_total";
 
 /// Counts one decision of the layer of `scope`, for `endpoint` (the endpoint that served the
 /// request, or the pinned one for `rejected`).
+///
+/// Per call: the endpoint's label (one allocation), the scope's reference count (the label
+/// shares the layer's text), and the recorder's own lookup.
 #[inline]
 pub(crate) fn decision<K: crate::EndpointKey>(
-    scope: &str,
+    scope: &std::sync::Arc<str>,
     decision: crate::layer::Decision,
     endpoint: &K,
 ) {
@@ -28,7 +31,7 @@ pub(crate) fn decision<K: crate::EndpointKey>(
         let endpoint = String::from_utf8_lossy(&endpoint.to_bytes()).into_owned();
         ::metrics::counter!(
             DECISIONS_TOTAL,
-            "scope" => scope.to_owned(),
+            "scope" => scope.clone(),
             "decision" => decision.as_str(),
             "endpoint" => endpoint,
         )

@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 mod gateway_process;
-use gateway_process::{TempFile, run_gateway, spawn_gateway, start_gateway};
+use gateway_process::{TempFile, rewrite, run_gateway, spawn_gateway, start_gateway};
 
 // ----- Backends. -----
 
@@ -136,14 +136,6 @@ fn dead_address() -> (SocketAddr, tokio::net::TcpSocket) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     (socket.local_addr().unwrap(), socket)
-}
-
-/// Replaces a file's contents at once (a new file renamed over it), so that a gateway polling
-/// it never reads it half-written.
-fn rewrite(path: &std::path::Path, contents: &str) {
-    let next = path.with_extension("next");
-    std::fs::write(&next, contents).unwrap();
-    std::fs::rename(&next, path).unwrap();
 }
 
 /// How many lines of the gateway's log contain `needle` so far.
@@ -724,6 +716,82 @@ fn config_errors_exit_1_and_name_the_yaml_path() {
     let (status, stdout, _) = run_gateway(&["--config", file.0.to_str().unwrap(), "--check"]);
     assert_eq!(status.code(), Some(0));
     assert!(stdout.starts_with("config ok"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_extension_idle_timeout_ends_an_unused_session() {
+    let a = backend("a").await;
+    let config = format!(
+        "services:\n  - {{name: echo, endpoints: [\"{}\"]}}\nroutes:\n{}",
+        a.addr,
+        route(
+            "shop",
+            "",
+            "        - backendRefs: [{name: echo}]
+          sessionPersistence: {cookie: {name: sticky}}
+          x-session-persistence: {idleTimeout: 2s}
+"
+        ),
+    );
+    let gw = start_gateway(&config).await;
+    let jar = jar_client();
+    let first = get(&jar, &gw.url).await;
+    assert!(set_cookies(&first).iter().any(|c| c.starts_with("sticky=")), "a session starts");
+    get(&jar, &gw.url).await;
+    gw.wait_log("session=pinned").await;
+    // Unused for longer than the idle timeout: the token it carries is over.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let later = get(&jar, &gw.url).await;
+    assert!(set_cookies(&later).iter().any(|c| c.starts_with("sticky=")), "a new session");
+    gw.wait_log("session=expired").await;
+}
+
+#[test]
+fn check_warns_of_the_legacy_idle_timeout_in_the_main_shape_and_not_of_ours() {
+    const SERVICES: &str = "services:\n  - {name: echo, endpoints: [\"127.0.0.1:9\"]}\n";
+    let file = |rule: &str| {
+        TempFile::new(&format!(
+            "{SERVICES}routes:\n{}",
+            route("shop", "", &format!("        - backendRefs: [{{name: echo}}]\n{rule}"))
+        ))
+    };
+    let legacy = file("          sessionPersistence: {cookie: {name: s}, idleTimeout: 5m}\n");
+    let (status, stdout, stderr) =
+        run_gateway(&["--config", legacy.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("config ok: 1 rule(s), 1 warning(s)"), "{stdout}");
+    let warning = lines.next().unwrap_or_default();
+    assert!(
+        warning.starts_with("warning: routes[0].spec.rules[0].sessionPersistence.idleTimeout: "),
+        "{stdout}"
+    );
+    assert!(warning.contains("x-session-persistence.idleTimeout"), "{stdout}");
+    // The log says it too, naming the field.
+    assert!(stderr.contains("WARN"), "{stderr}");
+    assert!(stderr.contains("routes[0].spec.rules[0].sessionPersistence.idleTimeout"), "{stderr}");
+
+    let ours = file(
+        "          sessionPersistence: {cookie: {name: s}}\n          \
+         x-session-persistence: {idleTimeout: 5m}\n",
+    );
+    let (status, stdout, stderr) = run_gateway(&["--config", ours.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout.trim(), "config ok: 1 rule(s)");
+    assert!(!stderr.contains("WARN"), "{stderr}");
+
+    let both = file(
+        "          sessionPersistence: {cookie: {name: s}, idleTimeout: 5m}\n          \
+         x-session-persistence: {idleTimeout: 5m}\n",
+    );
+    let (status, _, stderr) = run_gateway(&["--config", both.0.to_str().unwrap(), "--check"]);
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.starts_with(
+            "config error: routes[0].spec.rules[0].x-session-persistence.idleTimeout: "
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

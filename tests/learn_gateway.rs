@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::body::Body;
-use gateway_process::{TempFile, run_gateway, start_gateway};
+use gateway_process::{TempFile, rewrite, run_gateway, spawn_gateway, start_gateway};
 use http::{Request, Response};
 use tower::service_fn;
 
@@ -114,6 +114,53 @@ async fn the_gateway_learns_the_applications_cookie_and_header() {
     let log = gw.stderr.lock().unwrap().clone();
     assert!(log.contains("session=new") && log.contains("session=pinned"), "{log}");
     assert!(!log.contains(&id) && !log.contains("JSESSIONID=b"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_store_block_resizes_the_memory_store_and_keeps_its_sessions() {
+    let addrs = [backend("b1").await, backend("b2").await, backend("b3").await];
+    let endpoints: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    let config = |store: &str| {
+        format!(
+            "{KEYS}store: {store}\nservices:\n  - {{name: app, endpoints: [{}]}}\nroutes:\n{}",
+            endpoints.join(", "),
+            route(
+                "shop",
+                "{backendRefs: [{name: app}], sessionPersistence: {cookie: {name: JSESSIONID}}, \
+                 x-session-persistence: {strategy: learn}}"
+            ),
+        )
+    };
+    let file = TempFile::new(&config("{memory: {maxEntries: 1000}}"));
+    let path = file.0.clone();
+    let gw = spawn_gateway(&["--config", path.to_str().unwrap()], Some(file)).await;
+    let client = reqwest::Client::new();
+    let res = client.get(format!("{}/login", gw.url)).send().await.unwrap();
+    let owner = res.headers()["x-backend"].to_str().unwrap().to_owned();
+    let set = res.headers()["set-cookie"].to_str().unwrap();
+    let pair = set.split(';').next().unwrap().to_owned();
+    let served = || async {
+        let mut seen = Vec::new();
+        for _ in 0..8 {
+            let res =
+                client.get(format!("{}/", gw.url)).header("cookie", &pair).send().await.unwrap();
+            seen.push(res.headers()["x-backend"].to_str().unwrap().to_owned());
+        }
+        seen
+    };
+    assert!(served().await.iter().all(|b| *b == owner));
+
+    rewrite(&path, &config("{memory: {maxEntries: 2000, maxBytes: 1000000}}"));
+    gw.wait_log("store.memory limits reloaded").await;
+    assert!(served().await.iter().all(|b| *b == owner), "the learned session was kept");
+
+    // Another store would start empty: it waits for a restart, and the running one serves on.
+    #[cfg(feature = "redis")]
+    {
+        rewrite(&path, &config("{redis: {url: \"redis://127.0.0.1:9/0\"}}"));
+        gw.wait_log("a store change needs a restart").await;
+        assert!(served().await.iter().all(|b| *b == owner), "the running store still answers");
+    }
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //!
 //! The gateway, one route per mode (by hostname), each over its own service of the same
 //! three origins: `learn: {cookie: JSESSIONID}` (request mode: `fromRequests: true`; idle
-//! mode: `idleTimeout: 2s`).
+//! mode: `x-session-persistence.idleTimeout: 2s`).
 //!
 //! `.ci/run` installs HAProxy. Where it is missing and `CI` is not set, the tests say so on
 //! stderr and pass without comparing; under CI a missing HAProxy fails them.
@@ -41,17 +41,17 @@ const MODES: [(&str, &str, &str); 3] = [
     (
         "response",
         "stick-table type string len 64 size 1m expire 30m\n    stick match req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)",
-        "{cookie: {name: JSESSIONID}, idleTimeout: 30m}\n          x-session-persistence: {strategy: learn}",
+        "{cookie: {name: JSESSIONID}}\n          x-session-persistence: {strategy: learn, idleTimeout: 30m}",
     ),
     (
         "request",
         "stick-table type string len 64 size 1m expire 30m\n    stick on req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)",
-        "{cookie: {name: JSESSIONID}, idleTimeout: 30m}\n          x-session-persistence: {strategy: learn, learn: {fromRequests: true}}",
+        "{cookie: {name: JSESSIONID}}\n          x-session-persistence: {strategy: learn, idleTimeout: 30m, learn: {fromRequests: true}}",
     ),
     (
         "idle",
         "stick-table type string len 64 size 1m expire 2s\n    stick match req.cook(JSESSIONID)\n    stick store-response res.cook(JSESSIONID)",
-        "{cookie: {name: JSESSIONID}, idleTimeout: 2s}\n          x-session-persistence: {strategy: learn}",
+        "{cookie: {name: JSESSIONID}}\n          x-session-persistence: {strategy: learn, idleTimeout: 2s}",
     ),
 ];
 

@@ -22,7 +22,10 @@ OPTIONS:
     --listen ADDR    listen on ADDR (IP:port), overriding the file or the demo's
                      127.0.0.1:8080; port 0 picks a free port (refused when
                      the file has gateways:, whose listeners say where to listen)
-    --check          with --config: validate the file and exit
+    --check          with --config: validate the file and exit; prints
+                     `config ok: N rule(s)` (`, M warning(s)` and one
+                     `warning: <yaml path>: ...` line each for fields that work
+                     but should change)
     -h, --help       print this help
 
 Once listening, the gateway prints one line on stdout:

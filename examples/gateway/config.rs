@@ -222,6 +222,8 @@ pub(crate) struct Plan {
     pub(crate) listeners: Option<Listeners>,
     /// Where the admin port listens, when there is one.
     pub(crate) admin: Option<SocketAddr>,
+    /// What works but should change, in file order.
+    pub(crate) warnings: Vec<ConfigWarning>,
 }
 
 /// One entry of `services:`.
@@ -325,6 +327,27 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something the file does that works but should change: logged at load, shown by `--check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ConfigWarning {
+    /// The YAML path of the field.
+    pub(crate) path: String,
+    /// What to change, and why.
+    pub(crate) message: String,
+}
+
+impl ConfigWarning {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
 /// Reads and checks a configuration file's text.
 pub(crate) fn parse(text: &str) -> Result<Plan, ConfigError> {
     let file: File = serde_path_to_error::deserialize(serde_norway::Deserializer::from_str(text))
@@ -416,7 +439,14 @@ fn check(file: File) -> Result<Plan, ConfigError> {
             }
         }
     }
+    let listener_warnings = listeners.iter().flat_map(|l| l.warnings.iter().cloned());
+    let rule_warnings = rules
+        .iter()
+        .filter_map(|rule| rule.persistence.as_ref())
+        .flat_map(|persistence| persistence.warnings().iter().cloned());
+    let warnings = listener_warnings.chain(rule_warnings).collect();
     Ok(Plan {
+        warnings,
         listen,
         keys,
         ephemeral_key,
@@ -870,6 +900,24 @@ mod tests {
 
     fn error(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_plan_holds_its_warnings_in_file_order() {
+        let gateway = "gateways:\n- apiVersion: gateway.networking.k8s.io/v1\n  kind: Gateway\n  \
+                       metadata: {name: edge}\n  spec:\n    addresses: [{value: 127.0.0.1}, \
+                       {value: 127.0.0.2}]\n    listeners: [{name: web, protocol: HTTP, port: 0}]\n";
+        let rule = "{backendRefs: [{name: a}], sessionPersistence: {cookie: {}, idleTimeout: 5m}}";
+        let plan = parse(&format!("{gateway}{}", route(rule))).unwrap();
+        let paths: Vec<&str> = plan.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "gateways[0].spec.addresses",
+                "routes[0].spec.rules[0].sessionPersistence.idleTimeout"
+            ]
+        );
+        assert!(parse(&route("{backendRefs: [{name: a}]}")).unwrap().warnings.is_empty());
     }
 
     #[test]

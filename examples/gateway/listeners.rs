@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, ConfigWarning};
 use crate::routing::{Attachment, Hostname};
 use crate::tls::{Certificate, Secrets};
 
@@ -83,8 +83,7 @@ struct TlsConfig {
     mode: Option<String>,
     #[serde(default)]
     certificate_refs: Vec<ObjectRef>,
-    /// Implementation-specific options: none are read.
-    #[allow(dead_code)]
+    /// Implementation-specific options: none are applied (a warning says so).
     options: Option<IgnoredAny>,
 }
 
@@ -182,6 +181,8 @@ pub(crate) struct PortPlan {
 pub(crate) struct Listeners {
     pub(crate) listeners: Vec<ListenerPlan>,
     pub(crate) ports: Vec<PortPlan>,
+    /// Fields accepted but not applied (`tls.options`, addresses after the first).
+    pub(crate) warnings: Vec<ConfigWarning>,
 }
 
 impl Listeners {
@@ -209,6 +210,7 @@ pub(crate) fn check(
     }
     let mut listeners: Vec<ListenerPlan> = Vec::new();
     let mut ports: Vec<PortPlan> = Vec::new();
+    let mut warnings = Vec::new();
     let mut names = std::collections::HashSet::new();
     for (g, gateway) in gateways.iter().enumerate() {
         let at = format!("gateways[{g}]");
@@ -231,6 +233,14 @@ pub(crate) fn check(
             return Err(ConfigError::new(
                 format!("{at}.metadata.name"),
                 format!("another Gateway is already named {id}"),
+            ));
+        }
+        if let Some([_, more @ ..]) = gateway.spec.addresses.as_deref()
+            && !more.is_empty()
+        {
+            warnings.push(ConfigWarning::new(
+                format!("{at}.spec.addresses"),
+                "only the first address is listened on: the others are ignored",
             ));
         }
         let ip = match gateway.spec.addresses.as_deref() {
@@ -260,6 +270,13 @@ pub(crate) fn check(
         for (l, listener) in gateway.spec.listeners.iter().enumerate() {
             let at = format!("{at}.spec.listeners[{l}]");
             let plan = check_listener(listener, &at, &id, namespace, secrets)?;
+            if listener.tls.as_ref().is_some_and(|tls| tls.options.is_some()) {
+                warnings.push(ConfigWarning::new(
+                    format!("{at}.tls.options"),
+                    "is ignored: no implementation-specific TLS option is applied (the \
+                     gateway's own TLS settings hold)",
+                ));
+            }
             if listeners[..].iter().any(|other| other.gateway == id && other.name == plan.name) {
                 return Err(ConfigError::new(
                     format!("{at}.name"),
@@ -300,7 +317,7 @@ pub(crate) fn check(
             listeners.push(ListenerPlan { port, ..plan });
         }
     }
-    Ok(Listeners { listeners, ports })
+    Ok(Listeners { listeners, ports, warnings })
 }
 
 fn check_listener(

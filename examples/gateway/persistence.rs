@@ -18,7 +18,7 @@ use tower_session_persistence::strategy::{Insert, Passive, Prefix, Rewrite, Url}
 use tower_session_persistence::token::{Dates, PlainCodec, SealedCodec, SignedCodec};
 use tower_session_persistence::{OnUnavailable, SessionPersistenceLayer};
 
-use crate::config::{ConfigError, Keys, duration};
+use crate::config::{ConfigError, ConfigWarning, Keys, duration};
 use crate::store::Learning;
 
 /// The `x-session-persistence` extension block; every field is optional.
@@ -41,6 +41,9 @@ pub(crate) struct Extension {
     attributes: Option<Vec<String>>,
     max_clock_skew: Option<String>,
     refresh_interval: Option<String>,
+    /// Our own idle timeout: Gateway API v1.6 and main dropped the stanza's `idleTimeout`
+    /// (it "needs server state"); ours needs none, the token carries the time of last use.
+    idle_timeout: Option<String>,
     /// Rules naming the same scope share their sessions (and may share a cookie name).
     scope: Option<String>,
     /// `strategy: learn`: the application's cookie or header (see `store.rs`).
@@ -148,6 +151,8 @@ pub(crate) struct Persistence {
     session_scope: Option<String>,
     /// `strategy: learn`: the rule persists on the application's own session instead.
     learn: Option<Learning>,
+    /// What the file does that works but should change (logged at load, shown by `--check`).
+    warnings: Vec<ConfigWarning>,
 }
 
 impl Persistence {
@@ -168,6 +173,11 @@ impl Persistence {
     /// The learned-session settings, with `strategy: learn`.
     pub(crate) fn learning(&self) -> Option<&Learning> {
         self.learn.as_ref()
+    }
+
+    /// What the rule's stanza does that works but should change.
+    pub(crate) fn warnings(&self) -> &[ConfigWarning] {
+        &self.warnings
     }
 
     /// The policy: name, carrier, timeouts, cookie attributes.
@@ -274,7 +284,33 @@ pub(crate) fn check(
     at: &str,
 ) -> Result<Persistence, ConfigError> {
     let stanza_at = format!("{at}.sessionPersistence");
-    let standard = stanza.to_policy(default_name).map_err(|e| e.within(&stanza_at))?;
+    let mut standard = stanza.to_policy(default_name).map_err(|e| e.within(&stanza_at))?;
+    let mut warnings = Vec::new();
+    // The main shape (cookie / header) has no idleTimeout: read it, but say where it belongs.
+    if stanza.idle_timeout.is_some() && (stanza.cookie.is_some() || stanza.header.is_some()) {
+        warnings.push(ConfigWarning::new(
+            format!("{stanza_at}.idleTimeout"),
+            "is not a Gateway API field any more (removed in v1.6, gateway-api #4771): read \
+             as before, but move it to x-session-persistence.idleTimeout",
+        ));
+    }
+    let ext_at = format!("{at}.x-session-persistence");
+    let field = |name: &str| format!("{ext_at}.{name}");
+    if let Some(text) = extension.and_then(|e| e.idle_timeout.as_deref()) {
+        if stanza.idle_timeout.is_some() {
+            return Err(ConfigError::new(
+                field("idleTimeout"),
+                format!("is also set as {stanza_at}.idleTimeout: set it in one place (here)"),
+            ));
+        }
+        if let Some(idle) = duration(Some(text), &field("idleTimeout"))? {
+            standard = standard
+                .to_builder()
+                .idle_timeout(idle)
+                .build()
+                .map_err(|err| ConfigError::new(field("idleTimeout"), err.rule()))?;
+        }
+    }
     let Some(ext) = extension else {
         return Ok(Persistence {
             policy: standard,
@@ -285,10 +321,9 @@ pub(crate) fn check(
             shared_scope: None,
             session_scope: None,
             learn: None,
+            warnings,
         });
     };
-    let ext_at = format!("{at}.x-session-persistence");
-    let field = |name: &str| format!("{ext_at}.{name}");
 
     if ext.strategy == Some(StrategyName::Learn) || ext.learn.is_some() {
         if ext.strategy != Some(StrategyName::Learn) {
@@ -322,6 +357,7 @@ pub(crate) fn check(
             shared_scope: shared_scope(ext, &field)?,
             session_scope: None,
             learn: Some(learn),
+            warnings,
         });
     }
 
@@ -400,6 +436,7 @@ pub(crate) fn check(
         shared_scope: shared_scope(ext, &field)?,
         session_scope: None,
         learn: None,
+        warnings,
     })
 }
 
@@ -524,5 +561,58 @@ mod tests {
         let p =
             check(&stanza(r#"{"cookie": {}}"#), Some(&extension(r#"{"nocache": true}"#)), "d", "r");
         assert!(matches!(p.unwrap().strategy, Some(StrategyPlan::Insert(_))));
+    }
+
+    #[test]
+    fn the_extension_holds_the_idle_timeout() {
+        let ext = extension(r#"{"idleTimeout": "10m"}"#);
+        let p = check(&stanza(r#"{"cookie": {}}"#), Some(&ext), "d", "r").unwrap();
+        assert_eq!(p.policy.idle_timeout(), Some(Duration::from_secs(600)));
+        assert!(p.warnings.is_empty());
+        // And bounds learned sessions too.
+        let ext = extension(r#"{"idleTimeout": "10m", "strategy": "learn"}"#);
+        let p = check(&stanza(r#"{"cookie": {"name": "JSESSIONID"}}"#), Some(&ext), "d", "r");
+        assert_eq!(p.unwrap().policy.idle_timeout(), Some(Duration::from_secs(600)));
+        let e = error(r#"{"cookie": {}}"#, r#"{"idleTimeout": "0s"}"#);
+        assert!(e.starts_with("r.x-session-persistence.idleTimeout: "), "{e}");
+        let e = error(r#"{"cookie": {}}"#, r#"{"idleTimeout": "soon"}"#);
+        assert!(e.starts_with("r.x-session-persistence.idleTimeout: "), "{e}");
+        let e = error(r#"{"idleTimeout": "5m"}"#, r#"{"idleTimeout": "10m"}"#);
+        assert!(e.starts_with("r.x-session-persistence.idleTimeout: "), "{e}");
+        assert!(e.contains("r.sessionPersistence.idleTimeout"), "{e}");
+    }
+
+    #[test]
+    fn the_legacy_idle_timeout_in_the_main_shape_is_read_with_a_warning() {
+        for json in [
+            r#"{"cookie": {"name": "s"}, "idleTimeout": "5m"}"#,
+            r#"{"type": "Header", "header": {"name": "x-s"}, "idleTimeout": "5m"}"#,
+        ] {
+            let p = check(&stanza(json), None, "d", "r").unwrap();
+            assert_eq!(p.policy.idle_timeout(), Some(Duration::from_secs(300)), "{json}");
+            let [warning] = p.warnings() else { panic!("one warning expected: {json}") };
+            assert_eq!(warning.path, "r.sessionPersistence.idleTimeout");
+            assert!(warning.message.contains("x-session-persistence.idleTimeout"));
+        }
+        // The released v1.1 to v1.5 shape had the field: no warning there.
+        for json in [r#"{"sessionName": "s", "idleTimeout": "5m"}"#, r#"{"idleTimeout": "5m"}"#] {
+            let p = check(&stanza(json), None, "d", "r").unwrap();
+            assert_eq!(p.policy.idle_timeout(), Some(Duration::from_secs(300)), "{json}");
+            assert!(p.warnings().is_empty(), "{json}");
+        }
+    }
+
+    #[test]
+    fn the_cookie_path_defaults_to_slash_and_may_be_set() {
+        let path = |json: &str| {
+            let p = check(&stanza(json), None, "d", "r").unwrap();
+            let Carrier::Cookie(c) = p.policy.carrier() else { panic!("cookie expected") };
+            c.path.clone()
+        };
+        assert_eq!(path(r#"{"cookie": {}}"#), "/");
+        assert_eq!(path(r#"{"sessionName": "s"}"#), "/");
+        assert_eq!(path(r#"{"cookie": {"path": "/shop"}}"#), "/shop");
+        let e = check(&stanza(r#"{"cookie": {"path": "shop"}}"#), None, "d", "r").unwrap_err();
+        assert!(e.to_string().starts_with("r.sessionPersistence.cookie.path: "), "{e}");
     }
 }

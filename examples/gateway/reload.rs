@@ -1,6 +1,9 @@
 //! Live configuration: when the configuration file changes, or on `SIGHUP`, its `services`
 //! are applied to the running gateway (endpoints added, removed, draining; weights) without a
-//! restart and without moving a session whose endpoint did not change.
+//! restart and without moving a session whose endpoint did not change. So are the in-process
+//! store's limits (`store.memory`: in place, learned sessions kept); another store (memory and
+//! Redis swapped, another Redis URL, prefix or timeout) is logged as needing a restart and the
+//! running one keeps serving, because a new store would start without the learned sessions.
 //!
 //! The file is read once a second and compared with what was last applied, so that an editor
 //! saving it, a ConfigMap update or a script rewriting it are all noticed. A file that fails
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use crate::config::{self, Plan};
 use crate::health::HealthChecks;
 use crate::stack::Gateway;
+use crate::store::StoreReload;
 use crate::tls::Tls;
 
 /// How often the file is looked at.
@@ -85,6 +89,19 @@ pub(crate) async fn watch(
                 }
                 for change in &applied.needs_restart {
                     tracing::warn!(%change, "not applied: this change needs a restart");
+                }
+                match running.store.reload(&plan.store) {
+                    StoreReload::Unchanged => {}
+                    StoreReload::Resized { max_entries, max_bytes } => tracing::info!(
+                        max_entries,
+                        max_bytes,
+                        "store.memory limits reloaded: learned sessions kept"
+                    ),
+                    StoreReload::NeedsRestart(change) => tracing::warn!(
+                        %change,
+                        "not applied: a store change needs a restart (a new store would start \
+                         without the learned sessions); the running store keeps serving"
+                    ),
                 }
             }
             Err(error) => {

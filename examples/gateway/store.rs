@@ -8,9 +8,10 @@
 //! routes:
 //!   - ...
 //!       rules:
-//!         - sessionPersistence: {cookie: {name: JSESSIONID}, idleTimeout: 30m}
+//!         - sessionPersistence: {cookie: {name: JSESSIONID}}
 //!           x-session-persistence:
 //!             strategy: learn              # persist on the application's own session
+//!             idleTimeout: 30m             # refreshed by use
 //!             learn: {cookie: JSESSIONID}  # or {header: Mcp-Session-Id}; default: the
 //!                                          # stanza's cookie.name / header.name
 //!             # fromRequests: true         # also learn ids clients send first (HAProxy
@@ -18,8 +19,9 @@
 //! ```
 //!
 //! The application's cookie or header is never changed; the gateway sets nothing. Mappings
-//! live for the stanza's `idleTimeout` (refreshed by use) and `absoluteTimeout` (from when
-//! learned); with neither, 30 minutes idle. Identifiers are stored as an HMAC-SHA256 keyed
+//! live for `x-session-persistence.idleTimeout` (refreshed by use; the released stanza's
+//! `idleTimeout` too) and the stanza's `absoluteTimeout` (from when learned); with neither, 30
+//! minutes idle. Identifiers are stored as an HMAC-SHA256 keyed
 //! with the first of `keys`: replicas sharing Redis need the same `keys`.
 //!
 //! The store is made once per process, on first use, and shared by every rule and serving
@@ -82,14 +84,34 @@ enum StoreKind {
         max_entries: u64,
         max_bytes: u64,
     },
+    /// The store, and what the file said (URL, timeout, prefix), to compare on reload.
     #[cfg(feature = "redis")]
-    Redis(RedisStore),
+    Redis(RedisStore, (String, std::time::Duration, Option<String>)),
 }
 
 /// The checked `store:` block; the store itself is made once, on first use, and shared.
 pub(crate) struct Store {
     kind: StoreKind,
-    made: OnceLock<Arc<dyn SessionStore>>,
+    made: OnceLock<Made>,
+}
+
+/// The process's store, once made; the in-process one also by its type, for live limits.
+struct Made {
+    store: Arc<dyn SessionStore>,
+    memory: Option<MemoryStore>,
+}
+
+/// What a reload did with a `store:` block.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum StoreReload {
+    /// Nothing changed.
+    Unchanged,
+    /// The in-process store's limits changed, in place: learned sessions are kept (evicted
+    /// down to the new limits when they are smaller).
+    Resized { max_entries: u64, max_bytes: u64 },
+    /// Another store (memory and Redis swapped, another Redis URL, prefix or timeout): it
+    /// would start without the learned sessions, so it waits for a restart. Says what changed.
+    NeedsRestart(String),
 }
 
 impl fmt::Debug for Store {
@@ -97,7 +119,7 @@ impl fmt::Debug for Store {
         match &self.kind {
             StoreKind::Memory { max_entries, .. } => write!(f, "Store(memory, {max_entries})"),
             #[cfg(feature = "redis")]
-            StoreKind::Redis(redis) => write!(f, "Store({redis:?})"),
+            StoreKind::Redis(redis, _) => write!(f, "Store({redis:?})"),
         }
     }
 }
@@ -108,12 +130,48 @@ impl Store {
         self.made
             .get_or_init(|| match &self.kind {
                 StoreKind::Memory { max_entries, max_bytes } => {
-                    Arc::new(MemoryStore::with_limits(*max_entries, *max_bytes))
+                    let memory = MemoryStore::with_limits(*max_entries, *max_bytes);
+                    Made { store: Arc::new(memory.clone()), memory: Some(memory) }
                 }
                 #[cfg(feature = "redis")]
-                StoreKind::Redis(redis) => Arc::new(redis.clone()),
+                StoreKind::Redis(redis, _) => Made { store: Arc::new(redis.clone()), memory: None },
             })
+            .store
             .clone()
+    }
+
+    /// Applies a reloaded `store:` block (`new`) to this running one. The in-process store's
+    /// limits change in place; any other change needs a restart, because a new store would
+    /// start empty and every learned session would be balanced anew.
+    pub(crate) fn reload(&self, new: &Store) -> StoreReload {
+        match (&self.kind, &new.kind) {
+            (StoreKind::Memory { .. }, StoreKind::Memory { max_entries, max_bytes }) => {
+                // Not made: no rule learns, and rules change only with a restart.
+                let Some(memory) = self.made.get().and_then(|made| made.memory.as_ref()) else {
+                    return StoreReload::Unchanged;
+                };
+                if (memory.max_entries(), memory.max_bytes()) == (*max_entries, *max_bytes) {
+                    return StoreReload::Unchanged;
+                }
+                memory.set_limits(*max_entries, *max_bytes);
+                StoreReload::Resized { max_entries: *max_entries, max_bytes: *max_bytes }
+            }
+            #[cfg(feature = "redis")]
+            (StoreKind::Redis(_, old), StoreKind::Redis(_, new)) => {
+                if old == new {
+                    StoreReload::Unchanged
+                } else {
+                    // Not the URL: it may hold a password.
+                    StoreReload::NeedsRestart("store.redis changed".to_owned())
+                }
+            }
+            #[cfg(feature = "redis")]
+            _ => StoreReload::NeedsRestart(format!(
+                "store changed from {} to {}",
+                self.kind(),
+                new.kind()
+            )),
+        }
     }
 
     /// `memory` or `redis`, for the log.
@@ -121,7 +179,7 @@ impl Store {
         match self.kind {
             StoreKind::Memory { .. } => "memory",
             #[cfg(feature = "redis")]
-            StoreKind::Redis(_) => "redis",
+            StoreKind::Redis(..) => "redis",
         }
     }
 }
@@ -177,7 +235,7 @@ fn redis(config: &RedisConfig, ephemeral_key: bool) -> Result<StoreKind, ConfigE
     if let Some(prefix) = &config.prefix {
         store = store.prefix(prefix.clone());
     }
-    Ok(StoreKind::Redis(store))
+    Ok(StoreKind::Redis(store, (config.url.clone(), timeout, config.prefix.clone())))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -284,4 +342,56 @@ fn header_identifier(name: &str, at: &str) -> Result<Identifier, ConfigError> {
     HeaderName::from_bytes(name.as_bytes())
         .map(Identifier::header)
         .map_err(|_| ConfigError::new(at, format!("{name:?} is not a header name")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(yaml: &str) -> Store {
+        let config: StoreConfig = serde_norway::from_str(yaml).unwrap();
+        check(Some(&config), false).unwrap()
+    }
+
+    #[test]
+    fn a_reload_resizes_the_memory_store_in_place() {
+        let running = store("memory: {maxEntries: 1000}");
+        let _in_use = running.get();
+        assert_eq!(running.reload(&store("memory: {maxEntries: 1000}")), StoreReload::Unchanged);
+        let reloaded = running.reload(&store("memory: {maxEntries: 50, maxBytes: 100000}"));
+        assert_eq!(reloaded, StoreReload::Resized { max_entries: 50, max_bytes: 100_000 });
+        let memory = running.made.get().and_then(|made| made.memory.clone()).unwrap();
+        assert_eq!((memory.max_entries(), memory.max_bytes()), (50, 100_000));
+        // The same file again: nothing more to do.
+        let again = running.reload(&store("memory: {maxEntries: 50, maxBytes: 100000}"));
+        assert_eq!(again, StoreReload::Unchanged);
+    }
+
+    #[test]
+    fn a_store_that_no_rule_uses_is_left_alone() {
+        let running = store("memory: {maxEntries: 1000}");
+        assert_eq!(running.reload(&store("memory: {maxEntries: 5}")), StoreReload::Unchanged);
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn another_store_needs_a_restart() {
+        let memory = store("memory: {maxEntries: 1000}");
+        let _in_use = memory.get();
+        let redis = "redis: {url: \"redis://127.0.0.1:1/0\"}";
+        assert!(matches!(memory.reload(&store(redis)), StoreReload::NeedsRestart(_)));
+        let running = store(redis);
+        assert_eq!(running.reload(&store(redis)), StoreReload::Unchanged);
+        for other in [
+            "redis: {url: \"redis://127.0.0.1:2/0\"}",
+            "redis: {url: \"redis://127.0.0.1:1/0\", timeout: 20ms}",
+            "redis: {url: \"redis://127.0.0.1:1/0\", prefix: \"x:\"}",
+            "memory: {maxEntries: 1000}",
+        ] {
+            let StoreReload::NeedsRestart(change) = running.reload(&store(other)) else {
+                panic!("{other}: a restart expected");
+            };
+            assert!(!change.contains("127.0.0.1"), "the URL is not logged: {change}");
+        }
+    }
 }

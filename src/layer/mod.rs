@@ -236,7 +236,7 @@ impl<K> SessionPersistenceLayer<K> {
     /// # Ok::<(), tower_session_persistence::policy::PolicyError>(())
     /// ```
     pub fn keyed(policy: SessionPolicy, codec: impl Codec) -> Self {
-        let scope = policy.name().to_owned();
+        let scope = policy.name().into();
         let refresh = policy.idle_timeout().map(|idle| idle / 4);
         let strategy: Arc<dyn DynStrategy> = match policy.carrier() {
             Carrier::Cookie(_) => Arc::new(Insert::new()),
@@ -284,7 +284,7 @@ impl<K> SessionPersistenceLayer<K> {
     /// Binds tokens to `scope`, typically one route rule (`namespace/route/rule-name`): a token
     /// issued under one scope is never honoured under another.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
-        self.settings_mut().scope = scope.into();
+        self.settings_mut().scope = scope.into().into();
         self
     }
 

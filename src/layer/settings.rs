@@ -18,7 +18,8 @@ pub(crate) struct Settings {
     pub(crate) policy: SessionPolicy,
     pub(crate) codec: Arc<dyn Codec>,
     pub(crate) strategy: Arc<dyn DynStrategy>,
-    pub(crate) scope: String,
+    /// Shared, so that counting a decision copies no text (a metric label takes the `Arc`).
+    pub(crate) scope: std::sync::Arc<str>,
     pub(crate) max_skew: Duration,
     pub(crate) refresh: Option<Duration>,
     /// What this layer has seen of its balancer, for the one warning about a missing tag.

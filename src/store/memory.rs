@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use quick_cache::Weighter;
-use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction, EntryResult};
 
 use super::{Lifetime, SessionStore, StoreFuture, StoreKey, millis, unix_millis};
 
@@ -120,7 +121,9 @@ type Entries = Cache<u128, Slot, Bytes, Digest, DefaultLifecycle<u128, Slot>>;
 ///
 /// Memory: about 110 bytes per entry (`docs/BENCHMARKS.md`), so a million sessions take about
 /// 110 MB; keys are 16-byte hashes, entries are held in the cache itself, and endpoint keys
-/// are shared between entries.
+/// are shared between entries. Beyond the CPU's caches a lookup costs what its cache and TLB
+/// misses cost: a process holding millions of sessions gains most from huge pages (with glibc,
+/// `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), measured in `docs/BENCHMARKS.md`.
 ///
 /// A lookup records the use (a write) at most once a second per session, or every sixteenth
 /// of its idle timeout when that is shorter: a session survives any gap between requests
@@ -152,16 +155,16 @@ pub struct MemoryStore {
 struct Inner {
     cache: Entries,
     endpoints: RwLock<SharedEndpoints>,
-    max_entries: u64,
-    max_bytes: u64,
+    max_entries: AtomicU64,
+    max_bytes: AtomicU64,
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
             .field("entries", &self.inner.cache.len())
-            .field("max_entries", &self.inner.max_entries)
-            .field("max_bytes", &self.inner.max_bytes)
+            .field("max_entries", &self.max_entries())
+            .field("max_bytes", &self.max_bytes())
             .finish()
     }
 }
@@ -184,17 +187,50 @@ impl MemoryStore {
     /// ```
     pub fn with_limits(max_entries: u64, max_bytes: u64) -> Self {
         let max_entries = max_entries.max(1);
-        let capacity = max_entries.saturating_mul(ENTRY_BYTES).min(max_bytes).max(ENTRY_BYTES);
+        let capacity = capacity(max_entries, max_bytes);
         let estimated = usize::try_from(capacity / ENTRY_BYTES).unwrap_or(usize::MAX);
         let cache = Entries::with(estimated, capacity, Bytes, Digest, DefaultLifecycle::default());
         Self {
-            inner: Arc::new(Inner { cache, endpoints: RwLock::default(), max_entries, max_bytes }),
+            inner: Arc::new(Inner {
+                cache,
+                endpoints: RwLock::default(),
+                max_entries: AtomicU64::new(max_entries),
+                max_bytes: AtomicU64::new(max_bytes),
+            }),
         }
+    }
+
+    /// Changes the limits of a store in use, for every clone: sessions are kept, and when the
+    /// new limits are smaller the store evicts down to them at once (S3-FIFO: sessions used
+    /// once go first). For a configuration reloaded without a restart.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use tower_session_persistence::store::{Lifetime, MemoryStore, SessionStore, StoreKey};
+    ///
+    /// let store = MemoryStore::new(1_000);
+    /// for n in 0..=255u8 {
+    ///     let _ = store.insert(&StoreKey::new("s", [n; 16]), b"pod-a", Lifetime::default(), SystemTime::now());
+    /// }
+    /// store.set_limits(100, u64::MAX);
+    /// assert_eq!(store.max_entries(), 100);
+    /// assert!(store.entry_count() <= 100);
+    /// ```
+    pub fn set_limits(&self, max_entries: u64, max_bytes: u64) {
+        let max_entries = max_entries.max(1);
+        self.inner.max_entries.store(max_entries, Ordering::Relaxed);
+        self.inner.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.inner.cache.set_capacity(capacity(max_entries, max_bytes));
     }
 
     /// The entry limit.
     pub fn max_entries(&self) -> u64 {
-        self.inner.max_entries
+        self.inner.max_entries.load(Ordering::Relaxed)
+    }
+
+    /// The memory limit, in bytes as the store weighs entries (`u64::MAX`: none).
+    pub fn max_bytes(&self) -> u64 {
+        self.inner.max_bytes.load(Ordering::Relaxed)
     }
 
     /// How many entries the store holds, expired ones not looked up since included.
@@ -221,6 +257,11 @@ impl MemoryStore {
     }
 }
 
+/// The cache's weight capacity for these limits.
+fn capacity(max_entries: u64, max_bytes: u64) -> u64 {
+    max_entries.saturating_mul(ENTRY_BYTES).min(max_bytes).max(ENTRY_BYTES)
+}
+
 fn cache_key(key: &StoreKey) -> u128 {
     u128::from_be_bytes(*key.digest())
 }
@@ -235,23 +276,30 @@ impl SessionStore for MemoryStore {
         let key = cache_key(key);
         let now = unix_millis(now);
         let cache = &self.inner.cache;
+        // A shared (read) lock answers most lookups; an entry that is over or due a refresh
+        // is judged again under the shard's write lock and changed in place (one probe, no
+        // copy of the entry), so a mapping stored meanwhile by another request is never
+        // overwritten or removed by this one.
         let found = match cache.get(&key) {
-            Some(slot) if slot.expired(now) => {
-                // Only this entry: one stored meanwhile (another store time) stays.
-                cache.remove_if(&key, |current| current.first == slot.first);
-                None
-            }
-            Some(mut slot) if slot.stale(now) => {
-                let endpoint = slot.endpoint.clone();
-                slot.last = now;
-                // Only if still there. A mapping another request stored between the `get` and
-                // here is overwritten: a window of microseconds, and the worst case is a
-                // re-map that the next request makes again.
-                cache.replace(key, slot, true).ok();
-                Some(endpoint)
-            }
-            Some(slot) => Some(slot.endpoint),
             None => None,
+            Some(slot) if !slot.expired(now) && !slot.stale(now) => Some(slot.endpoint),
+            Some(_) => {
+                let judged = cache.entry(&key, Some(Duration::ZERO), |_, slot| {
+                    if slot.expired(now) {
+                        return EntryAction::Remove;
+                    }
+                    if slot.stale(now) {
+                        slot.last = slot.last.max(now);
+                    }
+                    EntryAction::Retain(slot.endpoint.clone())
+                });
+                match judged {
+                    EntryResult::Retained(endpoint) => Some(endpoint),
+                    // Removed as expired, or gone meanwhile (the guard for a vacant key is
+                    // dropped here: nothing is inserted).
+                    _ => None,
+                }
+            }
         };
         StoreFuture::ready(Ok(found))
     }
@@ -378,6 +426,25 @@ mod tests {
         }
         let kept = (0..100).filter(|n| get(&store, &wide(*n), Lifetime::default(), t0).is_some());
         assert!(kept.count() >= 90);
+    }
+
+    #[test]
+    fn limits_change_in_place_and_keep_sessions() {
+        let store = MemoryStore::new(1000);
+        let clone = store.clone();
+        let t0 = SystemTime::now();
+        for n in 0..=255u8 {
+            let _ = store.insert(&key(n), b"a", Lifetime::default(), t0).take_ready();
+        }
+        store.set_limits(2000, u64::MAX);
+        assert_eq!(clone.max_entries(), 2000);
+        assert_eq!(store.entry_count(), 256, "growing keeps every session");
+        assert!(get(&clone, &key(7), Lifetime::default(), t0).is_some());
+        store.set_limits(50, u64::MAX);
+        assert!(store.entry_count() <= 50, "{}", store.entry_count());
+        store.set_limits(1000, ENTRY_BYTES * 10);
+        assert_eq!(store.max_bytes(), ENTRY_BYTES * 10);
+        assert!(store.entry_count() <= 10, "{}", store.entry_count());
     }
 
     #[test]

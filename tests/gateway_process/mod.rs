@@ -103,6 +103,29 @@ impl Drop for Gateway {
     }
 }
 
+impl Gateway {
+    /// Waits until the log shows `text` (for live changes); bounded by [`PATIENCE`].
+    pub async fn wait_log(&self, text: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !self.stderr.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.stderr.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Replaces a configuration file at once (a new file renamed over it), as an editor or a
+/// ConfigMap update does, so that the gateway never reads half of it.
+pub fn rewrite(path: &Path, contents: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).expect("the temp dir is writable");
+    std::fs::rename(&next, path).expect("the file can be replaced");
+}
+
 /// Collects a child's stderr in the background, so that it never blocks on a full pipe and a
 /// failure can show it.
 pub fn drain(mut stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {

@@ -239,7 +239,7 @@ mod with_redis {
         let endpoints: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
         format!(
             r#"keys: ["c2Vzc2lvbi1wZXJzaXN0ZW5jZS1leGFtcGxlLWtleS0zMmI="]
-store: {{redis: {{url: "{redis}", timeout: 50ms}}}}
+store: {{redis: {{url: "{redis}", timeout: 300ms}}}}
 services:
   - name: app
     endpoints: [{endpoints}]
@@ -351,10 +351,12 @@ routes:
             }
         }
 
-        // Each gateway said so, once per outage, and never printed a session identifier.
+        // Each gateway said so, at most once per 10 s of outage (a loaded machine may stretch
+        // it past one period), and never printed a session identifier.
         for gateway in [&one, &two] {
             let log = gateway.stderr.lock().unwrap().clone();
-            assert_eq!(log.matches("session store unavailable").count(), 1, "{log}");
+            let warnings = log.matches("session store unavailable").count();
+            assert!((1..=3).contains(&warnings), "{warnings} warnings:\n{log}");
             assert!(log.contains("session store reachable again"), "{log}");
             assert!(!log.contains("JSESSIONID=b"), "{log}");
         }

@@ -284,3 +284,22 @@ async fn five_5xx_in_a_row_eject_an_endpoint_when_outlier_detection_is_on() {
     assert_eq!(on.state(&sick), Some(EndpointState::Ejected));
     assert_eq!(off.state(&sick), Some(EndpointState::Serving), "off by default");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn ejecting_from_a_thread_without_a_runtime_does_not_panic() {
+    let (endpoints, discover) = discover_channel();
+    endpoints.insert("a".to_owned(), alive("a", Arc::default()));
+    let balancer = BalancerBuilder::new().group(1, discover).build();
+    known(&balancer, 1).await;
+    let handle = balancer.clone();
+    let state = std::thread::spawn(move || {
+        let a = "a".to_owned();
+        assert!(handle.set_state(&a, EndpointState::Ejected));
+        handle.state(&a)
+    })
+    .join()
+    .expect("no panic outside a runtime");
+    assert_eq!(state, Some(EndpointState::Ejected));
+    assert!(balancer.set_state(&"a".to_owned(), EndpointState::Serving));
+    assert_eq!(balancer.state(&"a".to_owned()), Some(EndpointState::Serving));
+}

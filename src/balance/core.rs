@@ -487,9 +487,13 @@ where
     fn recover_later(&self, key: K, shared: Arc<Shared>, epoch: u64) {
         let view = self.view.clone();
         let period = self.settings.eject_for;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(endpoint = ?key, "ejected outside a tokio runtime: no timer ends it; set_state(Serving) will");
+            return;
+        };
         // From now, not from the task's first poll, which may come later.
         let until = Instant::now() + period;
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             tokio::time::sleep_until(until).await;
             view.recover(&key, &shared, epoch);
         });

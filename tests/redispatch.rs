@@ -243,7 +243,11 @@ async fn the_view_shares_load_and_pinned_counts_between_balancers() {
     let a = "a".to_owned();
     assert_eq!(two.in_flight(&a), Some(1), "the other balancer sees the load");
     let stats = view.stats(&a).unwrap();
-    assert_eq!((stats.in_flight, stats.pinned_requests), (1, 1));
+    assert_eq!(
+        (stats.in_flight, stats.pinned_while_draining),
+        (1, 0),
+        "counted while draining only"
+    );
     assert_eq!(stats.last_pinned_while_draining, None, "not draining");
 
     release.send(true).unwrap();
@@ -251,7 +255,7 @@ async fn the_view_shares_load_and_pinned_counts_between_balancers() {
     two.drain(&a);
     two.clone().oneshot(pinned("a", Method::GET, "")).await.unwrap();
     let stats = two.stats(&a).unwrap();
-    assert_eq!((stats.in_flight, stats.pinned_requests), (0, 2));
+    assert_eq!((stats.in_flight, stats.pinned_while_draining), (0, 1));
     let last = stats.last_pinned_while_draining.expect("a pinned request while draining");
     assert!(last.elapsed().unwrap_or_default() < Duration::from_secs(60));
     assert_eq!(one.state(&a), Some(EndpointState::Serving), "draining is each balancer's own");

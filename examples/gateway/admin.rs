@@ -14,7 +14,7 @@
 //! | `gateway_endpoint_up` | gauge | `service`, `endpoint`: 1 unless ejected |
 //! | `gateway_endpoint_state` | gauge | `service`, `endpoint`, `state` (serving, draining, ejected): 1 for the current state |
 //! | `gateway_endpoint_in_flight` | gauge | `service`, `endpoint` |
-//! | `gateway_endpoint_pinned_requests_total` | counter | `service`, `endpoint`: requests of established sessions it was sent |
+//! | `gateway_endpoint_pinned_while_draining_total` | counter | `service`, `endpoint`: requests of established sessions it was sent |
 //! | `gateway_drain_last_pinned_timestamp_seconds` | gauge | `service`, `endpoint`: while draining, when the last pinned request reached it (Unix time; 0: none yet) — a drain has gone quiet when this stops moving |
 //! | `gateway_redispatches_total` | counter | `reason` (`not_sent`, `sent`): requests sent to another endpoint |
 //! | `gateway_redispatches_denied_total` | counter | `reason` (`attempts`, `budget`) |
@@ -253,8 +253,8 @@ async fn metrics_page(
             metrics::gauge!("gateway_endpoint_up", &labels).set(up);
             #[allow(clippy::cast_precision_loss)]
             metrics::gauge!("gateway_endpoint_in_flight", &labels).set(stats.in_flight as f64);
-            metrics::counter!("gateway_endpoint_pinned_requests_total", &labels)
-                .absolute(stats.pinned_requests);
+            metrics::counter!("gateway_endpoint_pinned_while_draining_total", &labels)
+                .absolute(stats.pinned_while_draining);
             if state == EndpointState::Draining {
                 let last = stats
                     .last_pinned_while_draining

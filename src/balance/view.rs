@@ -33,10 +33,9 @@ pub(crate) struct Shared {
     failfast: AtomicBool,
     /// Counts ejections, so that a recovery timer ends only the ejection it was started for.
     epoch: AtomicU64,
-    /// Requests of established sessions sent to it.
+    /// Requests of established sessions sent to it while it was draining.
     pinned: AtomicU64,
-    /// When the last of them came while it was draining: milliseconds since the Unix epoch,
-    /// 0 for never.
+    /// When the last of them came: milliseconds since the Unix epoch, 0 for never.
     last_pinned_ms: AtomicU64,
     /// 5xx answers in a row (passive outlier detection, when on).
     run_of_5xx: AtomicU32,
@@ -73,15 +72,12 @@ impl Shared {
         }
     }
 
-    /// Counts a request of an established session; notes its time while draining (the only
-    /// time an operator watches it, and a clock read saved otherwise).
-    pub(crate) fn count_pinned(&self, draining: bool) {
+    /// Counts a request of an established session sent while draining, and notes its time.
+    pub(crate) fn count_pinned(&self) {
         self.pinned.fetch_add(1, Ordering::Relaxed);
-        if draining {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX).max(1);
-            self.last_pinned_ms.store(ms, Ordering::Relaxed);
-        }
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.last_pinned_ms.store(ms, Ordering::Relaxed);
     }
 
     /// One more 5xx answer; returns the run's length.
@@ -102,7 +98,7 @@ impl Shared {
         EndpointStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             ejected: self.is_ejected(),
-            pinned_requests: self.pinned.load(Ordering::Relaxed),
+            pinned_while_draining: self.pinned.load(Ordering::Relaxed),
             last_pinned_while_draining: (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms)),
         }
     }
@@ -117,8 +113,10 @@ pub struct EndpointStats {
     pub in_flight: usize,
     /// Ejected after a failure (by any balancer of the view).
     pub ejected: bool,
-    /// Requests of established sessions (pinned) it was sent, since it was first known.
-    pub pinned_requests: u64,
+    /// Requests of established sessions (pinned) it was sent while draining (by any balancer
+    /// of the view). Not counted otherwise: a counter every thread writes would cost each
+    /// request a cache-line transfer.
+    pub pinned_while_draining: u64,
     /// When the last pinned request reached it while it was draining; `None` if none has.
     pub last_pinned_while_draining: Option<SystemTime>,
 }

@@ -18,7 +18,7 @@
 # Everything it started is stopped when it exits.
 #
 # Settings (environment): IDLE (4000), MAXCONN (5000), FLOOD (MAXCONN + 1000), PROFILE
-# (release; or perf).
+# (release).
 
 PROFILE="${PROFILE:-release}"
 source "$(dirname "$0")/lib.sh"

@@ -27,7 +27,7 @@ fn build<A>(
     rt: &tokio::runtime::Runtime,
     n: usize,
     affinity: A,
-) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future = impl Send>
+) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future: Send>
 + Clone
 where
     A: affinity::AffinityKey<()>,
@@ -122,7 +122,7 @@ fn pick(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("balancer");
     for n in SIZES {
-        let mut balancer = build(&rt, n, affinity::NoAffinity);
+        let mut balancer = build(&rt, n, affinity::NoAffinity::default());
         let pinned_key = format!("pod-{}", n / 2);
         group.bench_function(BenchmarkId::new("pinned", n), |b| {
             b.to_async(&rt).iter(|| {

@@ -27,8 +27,7 @@ fn build<A>(
     rt: &tokio::runtime::Runtime,
     n: usize,
     affinity: A,
-) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future: Send>
-+ Clone
+) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future: Send> + Clone
 where
     A: affinity::AffinityKey<()>,
 {

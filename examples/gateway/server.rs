@@ -591,9 +591,10 @@ async fn serve_as<IO, S, B>(
             };
             Box::pin(drive(connection, shut_down, activity, stop, remote)).await;
         }
+        // TLS only: boxed too, since hyper-util's connection holds either HTTP inline.
         Http::Detect => {
             let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            drive(connection, |c| c.graceful_shutdown(), activity, stop, remote).await;
+            Box::pin(drive(connection, |c| c.graceful_shutdown(), activity, stop, remote)).await;
         }
     }
 }

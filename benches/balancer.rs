@@ -1,9 +1,12 @@
-//! The balancer's pick, pinned and unpinned, with 3, 100 and 10,000 endpoints; and the
-//! affinity path (rendezvous hashing, O(N) in the group's endpoints) with 3 and 10,000.
+//! The balancer's pick with 3, 100, 1,000 and 10,000 endpoints: pinned (a request with a
+//! session), p2c (a request without one) and affinity (a request without a session but with an
+//! affinity key); and the affinity lookup alone, rendezvous against [`affinity::Members`].
 //!
-//! `cargo bench --bench balancer`. Endpoints answer at once, so the time is the balancer's own
-//! work plus one ready endpoint call; pinned and unpinned should stay flat as the endpoint
-//! count grows, affinity grows with it.
+//! `cargo bench --bench balancer` (a group alone: `-- "balancer affinity"`, `-- "affinity
+//! lookup"`). Endpoints answer at once, so the time through the balancer is its own work plus
+//! one ready endpoint call. Pinned and p2c should stay flat as the endpoint count grows; the
+//! balancer's affinity path is a rendezvous over the group's endpoints (O(N)) until it picks
+//! through [`affinity::Members`], whose lookup is measured alone here.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -13,18 +16,20 @@ use http::HeaderName;
 use http::{Request, Response};
 use tower::{Service, ServiceExt, service_fn};
 use tower_session_persistence::PinnedEndpoint;
-use tower_session_persistence::balance::affinity::header;
+use tower_session_persistence::balance::affinity::{self, Members, header};
 use tower_session_persistence::balance::{BalancerBuilder, discover_channel};
+
+/// The endpoint counts every group measures.
+const SIZES: [usize; 4] = [3, 100, 1_000, 10_000];
 
 /// A balancer over `n` endpoints that answer at once, every endpoint known to p2c too.
 fn build<A>(
     rt: &tokio::runtime::Runtime,
     n: usize,
     affinity: A,
-) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future = impl Send>
-+ Clone
+) -> impl Service<Request<()>, Response = Response<()>, Error = tower::BoxError, Future: Send> + Clone
 where
-    A: tower_session_persistence::balance::affinity::AffinityKey<()>,
+    A: affinity::AffinityKey<()>,
 {
     rt.block_on(async {
         let (endpoints, discover) = discover_channel();
@@ -40,6 +45,7 @@ where
         while balancer.len() < n {
             tokio::task::yield_now().await;
         }
+        // Let the p2c side take every endpoint too.
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
@@ -49,11 +55,11 @@ where
 }
 
 /// Requests without a session but with an affinity key (`x-user`, a different user each
-/// time): each pick scores every eligible endpoint of the group.
-fn affinity(c: &mut Criterion) {
+/// time).
+fn through_the_balancer(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("balancer affinity");
-    for n in [3usize, 10_000] {
+    for n in SIZES {
         let balancer = build(&rt, n, header(HeaderName::from_static("x-user")));
         let mut user = 0u64;
         group.bench_function(BenchmarkId::new("affinity", n), |b| {
@@ -68,31 +74,54 @@ fn affinity(c: &mut Criterion) {
     group.finish();
 }
 
+/// The affinity lookup alone over `n` endpoints: the O(N) rendezvous the balancer does today
+/// (written here as it is in `affinity`: the highest SplitMix64 score wins) against
+/// [`Members::pick`].
+fn lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("affinity lookup");
+    for n in SIZES {
+        let hashes: Vec<(u64, usize)> =
+            (0..n).map(|i| (affinity::endpoint_hash(format!("pod-{i}").as_bytes()), i)).collect();
+        let mut members = Members::new();
+        for &member in &hashes {
+            members.push(member);
+        }
+        members.pick(0);
+        let mut key = 0u64;
+        group.bench_function(BenchmarkId::new("members", n), |b| {
+            b.iter(|| {
+                key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                black_box(members.pick(black_box(key)))
+            })
+        });
+        group.bench_function(BenchmarkId::new("rendezvous", n), |b| {
+            b.iter(|| {
+                key = key.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let key = black_box(key);
+                black_box(
+                    hashes
+                        .iter()
+                        .max_by_key(|(hash, _)| (splitmix(key ^ hash), *hash))
+                        .map(|(_, i)| *i),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The SplitMix64 finaliser, as `affinity`'s rendezvous scores a member.
+fn splitmix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn pick(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut group = c.benchmark_group("balancer");
-    for n in [3usize, 100, 10_000] {
-        let mut balancer = rt.block_on(async {
-            let (endpoints, discover) = discover_channel();
-            for i in 0..n {
-                endpoints.insert(
-                    format!("pod-{i}"),
-                    service_fn(|_: Request<()>| {
-                        std::future::ready(Ok::<_, Infallible>(Response::new(())))
-                    }),
-                );
-            }
-            let balancer = BalancerBuilder::new().group(1, discover).build();
-            while balancer.len() < n {
-                tokio::task::yield_now().await;
-            }
-            // Let the p2c side take every endpoint too.
-            for _ in 0..100 {
-                tokio::task::yield_now().await;
-            }
-            std::mem::forget(endpoints);
-            balancer
-        });
+    for n in SIZES {
+        let mut balancer = build(&rt, n, affinity::NoAffinity::default());
         let pinned_key = format!("pod-{}", n / 2);
         group.bench_function(BenchmarkId::new("pinned", n), |b| {
             b.to_async(&rt).iter(|| {
@@ -102,7 +131,7 @@ fn pick(c: &mut Criterion) {
                 async move { black_box(fut.await.unwrap()) }
             })
         });
-        group.bench_function(BenchmarkId::new("unpinned", n), |b| {
+        group.bench_function(BenchmarkId::new("p2c", n), |b| {
             b.to_async(&rt).iter(|| {
                 let svc = balancer.clone();
                 async move { black_box(svc.oneshot(Request::new(())).await.unwrap()) }
@@ -112,5 +141,5 @@ fn pick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, affinity);
+criterion_group!(benches, pick, through_the_balancer, lookup);
 criterion_main!(benches);

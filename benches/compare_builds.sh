@@ -2,10 +2,10 @@
 # Builds of the gateway against each other, end to end: the same three bench backends, the
 # same route (cookie persistence, signed codec), measured alternately with wrk.
 #
-#     bash benches/compare_builds.sh before=/path/to/old/gateway after=target/perf/examples/gateway
+#     bash benches/compare_builds.sh before=/path/to/old/gateway after=target/release/examples/gateway
 #
 # Each argument is LABEL=BINARY. The bench backend is built (cargo profile PROFILE, default
-# perf) and everything listens on loopback. Each build is measured with a valid session cookie
+# release) and everything listens on loopback. Each build is measured with a valid session cookie
 # on every request (three sessions, one per backend, in turn) and without one, ROUNDS times,
 # and the medians of requests per second, p99 latency and the gateway's CPU time per request
 # are printed. Everything it started is stopped when it exits.

@@ -21,8 +21,8 @@
 # Settings (environment): ROUNDS (3), DURATION (10 seconds per run), CONNECTIONS (50),
 # WRK_THREADS (1), WARMUP (2 seconds per target before the rounds), BACKENDS (3; 1 or 2 use
 # the first ones only: with one, no route has a balancing choice), CODEC (signed; or sealed,
-# plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), PROFILE (perf: the cargo profile the
-# gateway is built with; or release), TARGETS (a space-separated subset of the target names
+# plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), PROFILE (release: the cargo profile the
+# gateway is built with, as users build it; or dev), TARGETS (a space-separated subset of the target names
 # below), BEFORE (another gateway binary, e.g. an earlier commit's: started with the sticky
 # configuration as the targets before-sticky-*, measured in the same rounds).
 

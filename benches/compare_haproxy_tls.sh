@@ -21,7 +21,7 @@
 # ratios. Everything it started is stopped when it exits.
 #
 # Settings (environment): ROUNDS (3), DURATION (10 seconds per run), CONNECTIONS (50),
-# WRK_THREADS (1), WARMUP (2), GATEWAY_LOG (warn), PROFILE (perf; or release), TARGETS (a
+# WRK_THREADS (1), WARMUP (2), GATEWAY_LOG (warn), PROFILE (release), TARGETS (a
 # space-separated subset of the target names below).
 
 source "$(dirname "$0")/lib.sh"

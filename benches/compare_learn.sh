@@ -7,7 +7,7 @@
 #     bash benches/compare_learn.sh
 #
 # Builds the gateway with the redis feature and the bench backend (cargo profile PROFILE,
-# default perf), starts Debian's redis-server on a free port (installed when missing), and
+# default release), starts Debian's redis-server on a free port (installed when missing), and
 # prints the medians of requests per second, p99 latency and the gateway's CPU time per
 # request. Everything it started is stopped when it exits.
 #

@@ -18,7 +18,8 @@
 # Everything it started is stopped when it exits.
 #
 # Settings (environment): IDLE (4000), MAXCONN (5000), FLOOD (MAXCONN + 1000), PROFILE
-# (release; or perf).
+# (release), BEFORE (another gateway binary, e.g. an earlier commit's: started with the same
+# configuration as the proxy `before`, measured in the same run).
 
 PROFILE="${PROFILE:-release}"
 source "$(dirname "$0")/lib.sh"
@@ -71,6 +72,17 @@ backend be
     server s1 127.0.0.1:$B cookie s1
 CFG
 start_gateway "$WORK/gateway.yaml" gateway
+PROXIES="gateway haproxy"
+if [ -n "${BEFORE:-}" ]; then
+    free_port; GB=$PORT
+    sed "s/^listen: 127.0.0.1:$G\$/listen: 127.0.0.1:$GB/" "$WORK/gateway.yaml" >"$WORK/before.yaml"
+    NOW_GATEWAY="$GATEWAY" NOW_PID=$GATEWAY_PID
+    GATEWAY="$BEFORE"
+    start_gateway "$WORK/before.yaml" before
+    BEFORE_PID=$GATEWAY_PID
+    GATEWAY="$NOW_GATEWAY" GATEWAY_PID=$NOW_PID
+    PROXIES="before gateway haproxy"
+fi
 haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
 started "$HAPROXY_PID"
@@ -102,8 +114,12 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 machine
 echo "idle connections: $IDLE; connection limit: $MAXCONN; flood: $FLOOD"
-for proxy in gateway haproxy; do
-    if [ "$proxy" = gateway ]; then pid=$GATEWAY_PID port=$G; else pid=$HAPROXY_PID port=$H; fi
+for proxy in $PROXIES; do
+    case "$proxy" in
+    gateway) pid=$GATEWAY_PID port=$G ;;
+    before) pid=$BEFORE_PID port=$GB ;;
+    *) pid=$HAPROXY_PID port=$H ;;
+    esac
     curl -s -o /dev/null "http://127.0.0.1:$port/" # warm up
     before=$(rss "$pid")
     mkfifo "$WORK/hold-$proxy"

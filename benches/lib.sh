@@ -72,9 +72,9 @@ wait_port() {
     return 1
 }
 
-# Builds the binaries the scripts run, with the cargo profile PROFILE: `perf` (the default;
-# the release profile with link-time optimisation, see Cargo.toml) or `release`.
-PROFILE="${PROFILE:-perf}"
+# Builds the binaries the scripts run, with the cargo profile PROFILE: `release` (the default:
+# the build users make, with link-time optimisation, see Cargo.toml) or `dev`.
+PROFILE="${PROFILE:-release}"
 build() {
     log "building the gateway and the bench backend (profile $PROFILE)"
     # FEATURES (environment): cargo features for the gateway, e.g. redis.

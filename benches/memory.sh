@@ -14,7 +14,7 @@
 # exits.
 #
 # Settings (environment): REQUESTS (1000000), CONNECTIONS (50), CODEC (sealed; or signed,
-# plain), PROFILE (perf; or release).
+# plain), PROFILE (release).
 
 source "$(dirname "$0")/lib.sh"
 

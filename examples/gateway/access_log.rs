@@ -13,9 +13,9 @@
 //! once the body is done. Tokens never appear: the path is logged without its query and
 //! without `;` path parameters (URL sessions travel there), and no header is logged.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -52,20 +52,34 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// A new request id: 32 hex digits, unique across threads, processes and restarts (a random
-/// prefix per thread and a counter), made without a system call.
+/// prefix per thread and that thread's counter), made without a system call, a lock or a
+/// shared counter (which the serving threads' cores would pass to each other on every
+/// request), and without the formatting machinery.
 pub(crate) fn new_request_id() -> HeaderValue {
     thread_local! {
-        static PREFIX: u64 = {
+        static NEXT: Cell<(u64, u64)> = Cell::new({
             let mut seed = [0u8; 8];
             let _ = getrandom::fill(&mut seed);
-            u64::from_le_bytes(seed)
-        };
+            (u64::from_le_bytes(seed), 0)
+        });
     }
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.with(|p| *p);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let text = format!("{prefix:016x}{count:016x}");
-    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let (prefix, count) = NEXT.with(|next| {
+        let (prefix, count) = next.get();
+        next.set((prefix, count.wrapping_add(1)));
+        (prefix, count)
+    });
+    let mut text = [0u8; 32];
+    hex(prefix, &mut text[..16]);
+    hex(count, &mut text[16..]);
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// `value` as 16 lowercase hex digits into `out`.
+fn hex(value: u64, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, digit) in out.iter_mut().enumerate().take(16) {
+        *digit = DIGITS[((value >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 impl Entry {
@@ -249,5 +263,17 @@ mod tests {
         let (a, b) = (new_request_id(), new_request_id());
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert!(a.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{a}");
+        // One thread: its prefix, then its counter.
+        assert_eq!(a[..16], b[..16]);
+        let count = |id: &str| u64::from_str_radix(&id[16..], 16).unwrap();
+        assert_eq!(count(b), count(a) + 1);
+        // Another thread: another prefix.
+        let other = std::thread::spawn(|| new_request_id().to_str().unwrap().to_owned());
+        assert_ne!(other.join().unwrap()[..16], a[..16]);
+        let mut out = [0u8; 16];
+        hex(0x0123_4567_89ab_cdef, &mut out);
+        assert_eq!(&out, b"0123456789abcdef");
     }
 }

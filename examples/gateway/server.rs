@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,9 +27,9 @@ use axum::body::Body;
 use http::Request;
 use http::header::{COOKIE, HeaderName, SET_COOKIE};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulConnection;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -275,24 +276,7 @@ async fn serve(
 ) -> bool {
     let Socket { listener, port, tls } = socket;
     let timeouts = serving.timeouts;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // The head limit is hyper's read buffer: a head that does not fit is answered 431, and a
-    // connection never buffers more than this while reading one.
-    builder
-        .http1()
-        .header_read_timeout(None)
-        .max_buf_size(serving.limits.max_request_header_bytes.max(8192));
-    if serving.limits.max_request_headers != crate::edge::DEFAULT_HEADERS {
-        builder.http1().max_headers(serving.limits.max_request_headers);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(H2_PING))
-        .keep_alive_timeout(H2_PING)
-        .max_header_list_size(
-            u32::try_from(serving.limits.max_request_header_bytes).unwrap_or(u32::MAX),
-        );
+    let builders = Arc::new(Builders::new(&serving.limits));
     let sensitive: Arc<[HeaderName]> = Arc::new([COOKIE, SET_COOKIE]);
     // `RUST_LOG` is read once: without its debug events, the trace layer would only cost time.
     let traced = tracing::enabled!(target: "tower_http::trace::make_span", Level::DEBUG)
@@ -343,7 +327,7 @@ async fn serve(
         }
         let proto = if tls.is_some() { Proto::Https } else { Proto::Http };
         let connection = Connection {
-            builder: builder.clone(),
+            builders: builders.clone(),
             gateway: gateway.clone(),
             sensitive: sensitive.clone(),
             traced,
@@ -355,13 +339,19 @@ async fn serve(
         let counted = Counted(open.clone());
         let mut stop = stop.clone();
         let tls = tls.clone();
+        // Plain and TLS connections are separate tasks: a task's allocation is the size of
+        // its future, and a TLS connection's is several times a plain one's.
+        let Some(acceptor) = tls else {
+            tokio::spawn(async move {
+                let _counted = counted;
+                let _place = place;
+                connection.run_plain(stream, stop).await;
+            });
+            continue;
+        };
         tokio::spawn(async move {
             let _counted = counted;
             let _place = place;
-            let Some(acceptor) = tls else {
-                connection.run(stream, stop).await;
-                return;
-            };
             // The handshake is part of the request head: bounded by requestHeader, and
             // dropped at once on shutdown.
             let handshake = tokio::time::timeout(timeouts.request_header, acceptor.accept(stream));
@@ -384,7 +374,8 @@ async fn serve(
                 },
                 _ = stop.wait_for(|&stop| stop) => return,
             };
-            connection.run(stream, stop).await;
+            let activity = Activity::new();
+            connection.run(stream, stop, activity, Http::Detect).await;
         });
     }
     drop(listener);
@@ -403,10 +394,89 @@ async fn serve(
     }
 }
 
+/// hyper's connection builders, configured once per listener.
+struct Builders {
+    /// HTTP/1.1 or HTTP/2, told apart by hyper-util (TLS connections).
+    auto: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Self {
+        let mut http1 = http1::Builder::new();
+        // The head limit is hyper's read buffer: a head that does not fit is answered 431, and
+        // a connection never buffers more than this while reading one.
+        http1.header_read_timeout(None).max_buf_size(limits.max_request_header_bytes.max(8192));
+        if limits.max_request_headers != crate::edge::DEFAULT_HEADERS {
+            http1.max_headers(limits.max_request_headers);
+        }
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING))
+            .keep_alive_timeout(H2_PING)
+            .max_header_list_size(
+                u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
+            );
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_request_header_bytes.max(8192));
+        if limits.max_request_headers != crate::edge::DEFAULT_HEADERS {
+            auto.http1().max_headers(limits.max_request_headers);
+        }
+        auto.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING))
+            .keep_alive_timeout(H2_PING)
+            .max_header_list_size(
+                u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
+            );
+        Self { auto, http1, http2 }
+    }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Http {
+    /// Told by hyper-util from the first bytes (TLS connections).
+    Detect,
+    /// HTTP/1.x (with upgrades).
+    One,
+    /// HTTP/2 with prior knowledge (h2c).
+    Two,
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection starts with the HTTP/2 preface, looked at without reading it
+/// (`MSG_PEEK`), as hyper-util would tell: any byte that differs means HTTP/1. `None` when
+/// the client closed first. Peeking rather than reading spares hyper's HTTP/1 read buffer the
+/// replayed prefix, which made it grow from 8 to 16 KiB on every connection.
+async fn sniff_h2(stream: &tokio::net::TcpStream) -> std::io::Result<Option<bool>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
+        }
+        // Part of the preface only: what is there stays readable, so wait a little for more.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// What a connection's task needs to serve it, once its bytes are plain HTTP (after the TLS
 /// handshake on an HTTPS port).
 struct Connection {
-    builder: auto::Builder<TokioExecutor>,
+    builders: Arc<Builders>,
     gateway: Gateway,
     sensitive: Arc<[HeaderName]>,
     traced: bool,
@@ -416,12 +486,42 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<IO>(self, stream: IO, stop: watch::Receiver<bool>)
-    where
+    /// A plain TCP connection: HTTP/1.x, or h2c when it starts with the HTTP/2 preface. Until
+    /// its first bytes come, the connection holds no HTTP state; it is closed without an
+    /// answer if none come within `requestHeader`, or at once on shutdown.
+    async fn run_plain(self, stream: tokio::net::TcpStream, mut stop: watch::Receiver<bool>) {
+        let activity = Activity::new();
+        let http = tokio::select! {
+            sniffed = tokio::time::timeout(self.timeouts.request_header, sniff_h2(&stream)) => {
+                match sniffed {
+                    Ok(Ok(Some(true))) => Http::Two,
+                    Ok(Ok(Some(false))) => Http::One,
+                    Ok(Ok(None)) => return,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, client = %self.client.addr, "connection failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %self.client.addr, "client timeout: no request");
+                        return;
+                    }
+                }
+            }
+            _ = stop.wait_for(|&stop| stop) => return,
+        };
+        self.run(stream, stop, activity, http).await;
+    }
+
+    async fn run<IO>(
+        self,
+        stream: IO,
+        stop: watch::Receiver<bool>,
+        activity: Arc<Activity>,
+        http: Http,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Connection { builder, gateway, sensitive, traced, timeouts, client, port } = self;
-        let activity = Activity::new();
+        let Connection { builders, gateway, sensitive, traced, timeouts, client, port } = self;
         let client_body = timeouts.client_body;
         // Session tokens travel in these headers: marked sensitive, they stay out of traces
         // and out of HTTP/2 header compression tables.
@@ -447,15 +547,54 @@ impl Connection {
             let service = outer
                 .layer(TraceLayer::new_for_http().make_span_with(log_safe_span).on_failure(()))
                 .service(inner);
-            let service = Tracked::new(service, activity.clone());
-            let connection =
-                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
-            drive(connection, &activity, stop, remote).await;
+            let service = TowerToHyperService::new(Tracked::new(service, activity.clone()));
+            serve_as(&builders, http, io, service, &activity, stop, remote).await;
         } else {
-            let service = Tracked::new(outer.service(inner), activity.clone());
-            let connection =
-                builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
-            drive(connection, &activity, stop, remote).await;
+            let service =
+                TowerToHyperService::new(Tracked::new(outer.service(inner), activity.clone()));
+            serve_as(&builders, http, io, service, &activity, stop, remote).await;
+        }
+    }
+}
+
+/// Serves a connection with the HTTP it speaks.
+async fn serve_as<IO, S, B>(
+    builders: &Builders,
+    http: Http,
+    io: IO,
+    service: S,
+    activity: &Activity,
+    stop: watch::Receiver<bool>,
+    remote: SocketAddr,
+) where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match http {
+        Http::One => {
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            drive(connection, |c| c.graceful_shutdown(), activity, stop, remote).await;
+        }
+        // Rare on plain ports: boxed, so that HTTP/1 connections' tasks stay small.
+        Http::Two => {
+            let connection = builders.http2.serve_connection(io, service);
+            let shut_down = |c: Pin<&mut http2::Connection<IO, S, TokioExecutor>>| {
+                c.graceful_shutdown();
+            };
+            Box::pin(drive(connection, shut_down, activity, stop, remote)).await;
+        }
+        // TLS only: boxed too, since hyper-util's connection holds either HTTP inline.
+        Http::Detect => {
+            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+            Box::pin(drive(connection, |c| c.graceful_shutdown(), activity, stop, remote)).await;
         }
     }
 }
@@ -465,13 +604,15 @@ const H2_PING: Duration = Duration::from_secs(20);
 
 /// Drives one connection until it ends, or until shutdown: then at once when no request is
 /// in flight (a half-sent head included), else after hyper's graceful close.
-async fn drive<C>(
+async fn drive<C, E>(
     connection: C,
+    shut_down: impl FnOnce(Pin<&mut C>),
     activity: &Activity,
     mut stop: watch::Receiver<bool>,
     client: SocketAddr,
 ) where
-    C: GracefulConnection<Error: std::fmt::Display>,
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
@@ -486,7 +627,7 @@ async fn drive<C>(
     if activity.is_idle() {
         return;
     }
-    connection.as_mut().graceful_shutdown();
+    shut_down(connection.as_mut());
     if let Err(error) = connection.await {
         tracing::debug!(%error, %client, "connection ended with an error");
     }

@@ -220,7 +220,7 @@ struct Slot<K, S> {
 struct Table<K, S> {
     slots: HashMap<K, Slot<K, S>>,
     /// Per group, the endpoints that may take new sessions, with their affinity hash.
-    members: Vec<Vec<(u64, Endpoint<K, S>)>>,
+    members: Vec<affinity::Members<Endpoint<K, S>>>,
 }
 
 /// The state every clone of a [`Balancer`](super::Balancer) shares.
@@ -307,8 +307,8 @@ where
             });
             ends.push((balance, requests));
         }
-        let table =
-            Table { slots: HashMap::new(), members: weights.iter().map(|_| Vec::new()).collect() };
+        let members = weights.iter().map(|_| affinity::Members::new()).collect();
+        let table = Table { slots: HashMap::new(), members };
         let core = Core {
             table: RwLock::new(table),
             groups: groups.into_boxed_slice(),
@@ -561,7 +561,8 @@ where
     }
 
     /// The endpoint that affinity key `key` maps to: weighted rendezvous over the groups that
-    /// can take new sessions, then rendezvous over that group's eligible endpoints.
+    /// can take new sessions, then that group's consistent-hashing ring of eligible endpoints
+    /// (`affinity::Members`: a pick that does not grow with the endpoints).
     pub(crate) fn affinity(&self, key: u64) -> Option<Endpoint<K, S>> {
         let table = self.read();
         let weights = table
@@ -571,7 +572,7 @@ where
             .filter(|(_, members)| !members.is_empty())
             .map(|(i, _)| (i, self.groups[i].weight.load(Ordering::Relaxed)));
         let group = affinity::weighted_rendezvous(key, weights)?;
-        affinity::rendezvous(key, &table.members[group]).cloned()
+        table.members[group].pick(key).cloned()
     }
 
     /// Picks a group by weight among those that can take new sessions.

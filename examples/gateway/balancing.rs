@@ -199,13 +199,14 @@ mod tests {
     fn reads_every_option() {
         let b = check_json(
             r#"{"failfast": "250ms", "endpointQueue": 8, "ejectFor": "0s", "replay": true,
-                "affinity": {"header": "x-user"}}"#,
+                "redispatches": 1, "consecutive5xx": 5, "affinity": {"header": "x-user"}}"#,
         )
         .unwrap();
         assert_eq!(b.failfast, Some(Duration::from_millis(250)));
         assert_eq!(b.eject_for, Some(Duration::ZERO));
         assert_eq!(b.endpoint_queue, Some(8));
         assert!(b.replay);
+        assert_eq!((b.redispatches, b.consecutive_5xx), (Some(1), Some(5)));
         assert!(matches!(b.affinity, Some(Affinity::Header(h)) if h == "x-user"));
     }
 

@@ -131,15 +131,28 @@ struct RouteConfig {
     spec: RouteSpec,
 }
 
+/// A manifest's `metadata`, as routes, Gateways and Secrets share it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Metadata {
-    name: String,
-    namespace: Option<String>,
+pub(crate) struct Metadata {
+    pub(crate) name: String,
+    pub(crate) namespace: Option<String>,
     #[allow(dead_code)]
     labels: Option<IgnoredAny>,
     #[allow(dead_code)]
     annotations: Option<IgnoredAny>,
+}
+
+impl Metadata {
+    /// Its namespace, `default` when none is given.
+    pub(crate) fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// `namespace/name`, how manifests refer to each other.
+    pub(crate) fn id(&self) -> String {
+        format!("{}/{}", self.namespace(), self.name)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -425,7 +438,7 @@ fn check(file: File) -> Result<Plan, ConfigError> {
         let first = rules.len();
         check_route(route, &at, &services, &mut seen_routes, &mut rules)?;
         if let Some(listeners) = &listeners {
-            let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+            let namespace = route.metadata.namespace();
             let attachments = listeners::attach(
                 listeners,
                 route.spec.parent_refs.as_deref(),
@@ -626,7 +639,7 @@ fn check_route(
     let name = &route.metadata.name;
     check_object_name(name, 253, '.')
         .map_err(|m| ConfigError::new(format!("{at}.metadata.name"), m))?;
-    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    let namespace = route.metadata.namespace();
     check_object_name(namespace, 63, '-')
         .map_err(|m| ConfigError::new(format!("{at}.metadata.namespace"), m))?;
     if !seen.insert((namespace.to_owned(), name.clone())) {

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::{ConfigError, ConfigWarning};
+use crate::config::{ConfigError, ConfigWarning, Metadata};
 use crate::routing::{Attachment, Hostname};
 use crate::tls::{Certificate, Secrets};
 
@@ -33,19 +33,8 @@ const GATEWAY_API: &str = "gateway.networking.k8s.io";
 pub(crate) struct GatewayConfig {
     api_version: String,
     kind: String,
-    metadata: GatewayMetadata,
+    metadata: Metadata,
     spec: GatewaySpec,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GatewayMetadata {
-    name: String,
-    namespace: Option<String>,
-    #[allow(dead_code)]
-    labels: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    annotations: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,8 +216,8 @@ pub(crate) fn check(
                 format!("{:?} is not Gateway", gateway.kind),
             ));
         }
-        let namespace = gateway.metadata.namespace.as_deref().unwrap_or("default");
-        let id = format!("{namespace}/{}", gateway.metadata.name);
+        let namespace = gateway.metadata.namespace();
+        let id = gateway.metadata.id();
         if !names.insert(id.clone()) {
             return Err(ConfigError::new(
                 format!("{at}.metadata.name"),

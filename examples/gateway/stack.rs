@@ -208,6 +208,23 @@ impl Gateway {
 }
 
 impl Rule {
+    /// A rule the gateway answers itself (a redirect, a rule without backends): no balancer,
+    /// no endpoints.
+    fn answered_here(scope: String, service: RuleService, upstreams: &Upstreams) -> Self {
+        let metrics = admin::RouteMetrics::new(&scope);
+        Rule {
+            scope,
+            service,
+            endpoints: Vec::new(),
+            current: Mutex::default(),
+            upstreams: upstreams.clone(),
+            balancer: None,
+            expected: 0,
+            initial_drains: Vec::new(),
+            metrics,
+        }
+    }
+
     fn apply(&self, new: &RulePlan, applied: &mut Applied) {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let services = |b: &[Backend]| b.iter().map(|b| b.service.clone()).collect::<Vec<_>>();
@@ -279,17 +296,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
             std::future::ready(Ok::<_, Infallible>(redirect.respond(&req)))
         });
         tracing::info!(rule = %scope, "rule ready, redirecting");
-        return Rule {
-            scope,
-            service: RuleService::new(service),
-            endpoints: Vec::new(),
-            current: Mutex::default(),
-            upstreams: upstreams.clone(),
-            balancer: None,
-            expected: 0,
-            initial_drains: Vec::new(),
-            metrics: admin::RouteMetrics::new(&rule.scope),
-        };
+        return Rule::answered_here(scope, RuleService::new(service), upstreams);
     }
     if rule.backends.is_empty() {
         // Gateway API: a rule with no backends answers 500.
@@ -299,17 +306,7 @@ fn build_rule(rule: &RulePlan, plan: &Plan, upstreams: &Upstreams) -> Rule {
                 "this route rule has no backends",
             ))
         });
-        return Rule {
-            scope,
-            service: RuleService::new(service),
-            endpoints: Vec::new(),
-            current: Mutex::default(),
-            upstreams: upstreams.clone(),
-            balancer: None,
-            expected: 0,
-            initial_drains: Vec::new(),
-            metrics: admin::RouteMetrics::new(&rule.scope),
-        };
+        return Rule::answered_here(scope, RuleService::new(service), upstreams);
     }
 
     let mut groups = Vec::with_capacity(rule.backends.len());

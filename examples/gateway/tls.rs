@@ -20,10 +20,9 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Metadata};
 use crate::listeners::{Listeners, Protocol};
 use crate::routing::Hostname;
 
@@ -38,24 +37,13 @@ pub(crate) struct SecretConfig {
     kind: String,
     #[serde(rename = "type")]
     secret_type: Option<String>,
-    metadata: SecretMetadata,
+    metadata: Metadata,
     /// Base64 of the PEM files.
     data: Option<BTreeMap<String, String>>,
     /// The PEM text itself.
     string_data: Option<BTreeMap<String, String>>,
     #[allow(dead_code)]
     immutable: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SecretMetadata {
-    name: String,
-    namespace: Option<String>,
-    #[allow(dead_code)]
-    labels: Option<IgnoredAny>,
-    #[allow(dead_code)]
-    annotations: Option<IgnoredAny>,
 }
 
 /// A certificate chain with its key, checked, and the names it is valid for.
@@ -145,8 +133,7 @@ pub(crate) fn check_secrets(secrets: &[SecretConfig]) -> Result<Secrets, ConfigE
                 format!("{:?} is not Secret", secret.kind),
             ));
         }
-        let namespace = secret.metadata.namespace.as_deref().unwrap_or("default");
-        let key = format!("{namespace}/{}", secret.metadata.name);
+        let key = secret.metadata.id();
         if checked.paths.insert(key.clone(), at.clone()).is_some() {
             return Err(ConfigError::new(
                 format!("{at}.metadata.name"),

@@ -24,7 +24,11 @@
 # plain), GATEWAY_LOG (warn: the gateway's RUST_LOG), PROFILE (release: the cargo profile the
 # gateway is built with, as users build it; or dev), TARGETS (a space-separated subset of the target names
 # below), BEFORE (another gateway binary, e.g. an earlier commit's: started with the sticky
-# configuration as the targets before-sticky-*, measured in the same rounds).
+# configuration as the targets before-sticky-*, measured in the same rounds), FEATURE_COSTS (1:
+# also the sticky gateway with one feature changed each, targets feature-*-cookie, to price
+# each feature against gateway-sticky-cookie in the same rounds: `metrics` turns the admin
+# port's metrics on, `notimeouts` turns the backend and body timeouts off, `noredispatch`
+# turns redispatch and its retry budget off).
 
 source "$(dirname "$0")/lib.sh"
 
@@ -88,11 +92,13 @@ started "$HAPROXY_PID"
 wait_port "$H_STICKY" && wait_port "$H_PLAIN" || { cat "$WORK/haproxy.out" >&2; exit 1; }
 
 KEY=$(head -c 32 /dev/urandom | base64)
+# `$3`: extra top-level lines; `$4`: extra lines for the rule (both optional).
 gateway_config() {
-    local port="$1" persistence="$2"
+    local port="$1" persistence="$2" top="${3:-}" rule="${4:-}"
     cat <<EOF
 listen: 127.0.0.1:$port
 keys: ["$KEY"]
+$top
 services:
   - name: bench
     endpoints:
@@ -111,6 +117,7 @@ EOF
           x-session-persistence: {strategy: insert, indirect: true, nocache: true, codec: $CODEC}
 EOF
     fi
+    [ -z "$rule" ] || printf '          %s\n' "$rule"
 }
 gateway_config "$G_STICKY" yes >"$WORK/gateway-sticky.yaml"
 gateway_config "$G_PLAIN" no >"$WORK/gateway-plain.yaml"
@@ -125,6 +132,24 @@ if [ -n "${BEFORE:-}" ]; then
     AFTER_BINARY="$GATEWAY" GATEWAY="$BEFORE"
     start_gateway "$WORK/gateway-before.yaml" gateway-before
     GW_BEFORE_PID=$GATEWAY_PID GATEWAY="$AFTER_BINARY"
+fi
+
+FEATURE_TARGETS=""
+if [ "${FEATURE_COSTS:-0}" = 1 ]; then
+    free_port; G_ADMIN=$PORT
+    # name | extra top-level lines | extra rule lines
+    while IFS='|' read -r feature top rule; do
+        [ -n "$feature" ] || continue
+        free_port
+        gateway_config "$PORT" yes "$top" "$rule" >"$WORK/gateway-feature-$feature.yaml"
+        start_gateway "$WORK/gateway-feature-$feature.yaml" "gateway-feature-$feature"
+        FEATURE_TARGETS+="feature-$feature-cookie|$GATEWAY_PID|http://127.0.0.1:$PORT/|GW_LUA
+"
+    done <<EOF
+metrics|admin: {listen: 127.0.0.1:$G_ADMIN}|
+notimeouts|timeouts: {clientBody: 0s, backendResponse: 0s, backendIdle: 0s}|
+noredispatch||x-balancer: {redispatches: 0}
+EOF
 fi
 
 # One valid session per backend: ask without a cookie until each backend has answered.
@@ -156,6 +181,12 @@ for i in $(seq 0 $((BACKENDS - 1))); do
     check_pinned "http://127.0.0.1:$H_STICKY/" "${HAP_COOKIES[$i]}" "s$((i + 1))"
     check_pinned "http://127.0.0.1:$G_STICKY/" "${GW_COOKIES[$i]}" "s$((i + 1))"
 done
+
+# The feature gateways share the sticky gateway's key: its cookies are theirs.
+while IFS='|' read -r _ _ url _; do
+    [ -n "$url" ] || continue
+    for i in $(seq 0 $((BACKENDS - 1))); do check_pinned "$url" "${GW_COOKIES[$i]}" "s$((i + 1))"; done
+done <<<"$FEATURE_TARGETS"
 
 # A wrk script sending each request with the next of three cookies.
 cookie_script() {
@@ -202,6 +233,7 @@ if [ -n "$GW_BEFORE_PID" ]; then
 before-sticky-cookie|$GW_BEFORE_PID|http://127.0.0.1:$G_BEFORE/|$GW_LUA
 "
 fi
+TARGETS_ALL+="${FEATURE_TARGETS//GW_LUA/$GW_LUA}"
 TARGET_LINES=()
 while IFS= read -r line; do
     [ -n "$line" ] || continue
@@ -305,6 +337,11 @@ summary() {
         pair("haproxy-sticky-nocookie", "haproxy-plain-nocookie", "HAProxy with / without persistence, no cookie")
         pair("before-sticky-nocookie", "haproxy-sticky-nocookie", "BEFORE gateway / HAProxy, no cookie")
         pair("before-sticky-cookie", "haproxy-sticky-cookie", "BEFORE gateway / HAProxy, with a session cookie")
+        pair("gateway-sticky-nocookie", "before-sticky-nocookie", "gateway / BEFORE, no cookie")
+        pair("gateway-sticky-cookie", "before-sticky-cookie", "gateway / BEFORE, with a session cookie")
+        pair("feature-metrics-cookie", "gateway-sticky-cookie", "metrics on / off")
+        pair("feature-notimeouts-cookie", "gateway-sticky-cookie", "backend and body timeouts off / on")
+        pair("feature-noredispatch-cookie", "gateway-sticky-cookie", "redispatch and retry budget off / on")
     }
     function pair(a, b, label) {
         if (!(a in R) || !(b in R)) return

@@ -8,18 +8,12 @@
 //! anything is sent on the next one. A request that no connection took is handed back to the
 //! balancer, which sends it to another endpoint. Connections idle for 30 s are closed.
 //!
-//! A connection has no task of its own: the request's future drives it (hyper's `Connection`
-//! is polled beside the response future, then by the response body), so the socket's
-//! readiness wakes the client connection's task directly, as HAProxy's one-thread-per-stream
-//! loop does, instead of waking a connection task that wakes the request's. Only upgrades
-//! (WebSocket and the like), whose connection outlives the response, get a task.
-//!
 //! Measured under load, hyper-util's client cost the gateway about a tenth of its CPU
 //! (`docs/BENCHMARKS.md`): a lock and a hash per checkout, a task per request to put the
 //! connection back, and request futures of several kilobytes moved on every call.
 
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -32,7 +26,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower::BoxError;
@@ -51,7 +45,7 @@ struct Inner {
     addr: SocketAddr,
     connect_timeout: Option<Duration>,
     /// Idle connections, the most recently used last, with when they became idle.
-    idle: Mutex<Vec<(Upstream, Instant)>>,
+    idle: Mutex<Vec<(SendRequest<Body>, Instant)>>,
     /// Whether the task that closes long-idle connections runs.
     reaping: std::sync::atomic::AtomicBool,
 }
@@ -80,31 +74,28 @@ impl Pool {
     /// before it was written) comes back in a [`NotSent`] error, untouched, for the balancer
     /// to send elsewhere.
     pub(crate) async fn send(&self, mut req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        if req.headers().contains_key(http::header::UPGRADE) {
-            return self.send_upgrade(req).await;
-        }
         loop {
-            let (mut upstream, reused) = match self.inner.checkout() {
-                Some(upstream) => (upstream, true),
+            let reusable = poll_fn(|cx| Poll::Ready(self.inner.checkout(cx))).await;
+            let (mut sender, reused) = match reusable {
+                Some(sender) => (sender, true),
                 None => match self.connect().await {
-                    Ok(upstream) => (upstream, false),
+                    Ok(sender) => (sender, false),
                     Err(error) => return Err(Box::new(NotSent::with_request(error, req))),
                 },
             };
-            // An idle connection is ready at once, unless the backend closed it meanwhile.
-            if let Err(error) = upstream.ready().await {
+            // A new connection is ready once its handshake is done; a pooled one was checked.
+            if let Err(error) = sender.ready().await {
                 if reused {
                     continue;
                 }
                 return Err(Box::new(NotSent::with_request(error, req)));
             }
-            let answer = upstream.sender.try_send_request(req);
-            match upstream.drive(answer).await {
+            match sender.try_send_request(req).await {
                 Ok(res) => {
                     let pool = Arc::downgrade(&self.inner);
-                    return Ok(res.map(|body| {
-                        Body::new(Returning { body, upstream: Some(upstream), pool })
-                    }));
+                    return Ok(
+                        res.map(|body| Body::new(Returning { body, sender: Some(sender), pool }))
+                    );
                 }
                 Err(mut error) => match error.take_message() {
                     // Refused before anything was written: a connection that was closing.
@@ -118,39 +109,19 @@ impl Pool {
         }
     }
 
-    /// Sends an upgrade request on a connection of its own, driven by a task: after a 101
-    /// the connection becomes the tunnel and outlives this request.
-    async fn send_upgrade(&self, req: Request<Body>) -> Result<Response<Body>, BoxError> {
+    /// Opens a connection and starts driving it on this thread. Any failure here (refused,
+    /// unreachable, timed out, a failed handshake) is before the request was sent.
+    async fn connect(&self) -> Result<SendRequest<Body>, BoxError> {
         let addr = self.inner.addr;
-        let opened = async {
-            let stream = open(addr, self.inner.connect_timeout).await?;
-            Ok::<_, BoxError>(http1::handshake(TokioIo::new(stream)).await?)
-        };
-        let (mut sender, connection) = match opened.await {
-            Ok(opened) => opened,
-            Err(error) => return Err(Box::new(NotSent::with_request(error, req))),
-        };
+        let stream = open(addr, self.inner.connect_timeout).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
                 tracing::debug!(%error, %addr, "upstream connection ended with an error");
             }
         });
-        match sender.try_send_request(req).await {
-            Ok(res) => Ok(res.map(Body::new)),
-            Err(mut error) => match error.take_message() {
-                Some(unsent) => Err(Box::new(NotSent::with_request(error.into_error(), unsent))),
-                None => Err(error.into_error().into()),
-            },
-        }
-    }
-
-    /// Opens a connection. Any failure here (refused, unreachable, timed out, a failed
-    /// handshake) is before the request was sent.
-    async fn connect(&self) -> Result<Upstream, BoxError> {
-        let stream = open(self.inner.addr, self.inner.connect_timeout).await?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         self.reap();
-        Ok(Upstream { sender, connection: Some(connection), addr: self.inner.addr })
+        Ok(sender)
     }
 
     /// Starts, once, the task that closes connections idle for longer than [`IDLE`]; it ends
@@ -165,7 +136,7 @@ impl Pool {
                 tokio::time::sleep(IDLE).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.retain(|(upstream, since)| since.elapsed() < IDLE && !upstream.is_closed());
+                idle.retain(|(sender, since)| since.elapsed() < IDLE && !sender.is_closed());
             }
         });
     }
@@ -185,101 +156,56 @@ pub(crate) async fn open(addr: SocketAddr, timeout: Option<Duration>) -> io::Res
     Ok(stream)
 }
 
-/// One connection: the handle requests are sent through, and the connection itself, which
-/// whoever waits on it polls.
-struct Upstream {
-    sender: SendRequest<Body>,
-    /// Dropped once it has ended, which fails (and hands back) any request still queued on
-    /// it: an ended connection that lived on would leave them waiting forever.
-    connection: Option<Connection<TokioIo<TcpStream>, Body>>,
-    addr: SocketAddr,
-}
-
-impl Upstream {
-    fn is_closed(&self) -> bool {
-        self.sender.is_closed()
-    }
-
-    /// Moves the connection on (writes, reads, keep-alive bookkeeping). `true` once it has
-    /// ended: closed by the backend, failed, or done.
-    fn poll_connection(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(connection) = &mut self.connection else { return true };
-        match Pin::new(connection).poll(cx) {
-            Poll::Pending => return false,
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(error)) => {
-                tracing::debug!(%error, addr = %self.addr, "upstream connection ended with an error");
-            }
-        }
-        self.connection = None;
-        true
-    }
-
-    /// Waits until the connection takes a request, driving it meanwhile.
-    async fn ready(&mut self) -> Result<(), BoxError> {
-        poll_fn(|cx| {
-            if self.poll_connection(cx) {
-                // Its sender may still say ready: it wanted a request before it ended.
-                return Poll::Ready(Err("the upstream connection ended".into()));
-            }
-            self.sender.poll_ready(cx).map_err(Into::into)
-        })
-        .await
-    }
-
-    /// Waits for `answer` (a request sent on this connection), driving the connection so
-    /// that the request is written and its answer read.
-    async fn drive<T>(&mut self, answer: impl Future<Output = T>) -> T {
-        let mut answer = std::pin::pin!(answer);
-        poll_fn(|cx| {
-            // Once the connection has ended (and been dropped) every request on it has been
-            // answered or failed, so `answer` is ready too.
-            self.poll_connection(cx);
-            answer.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
 impl Inner {
-    /// The most recently used idle connection that is still open.
-    fn checkout(&self) -> Option<Upstream> {
+    /// The most recently used idle connection that can take a request now. One still busy
+    /// with its previous exchange (a backend that answered before it read the whole upload,
+    /// and the upload goes on) stays in the pool, behind: a request never waits on another
+    /// client's upload.
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((upstream, since)) = idle.pop() {
-            if !upstream.is_closed() && since.elapsed() < IDLE {
-                return Some(upstream);
+        let mut busy = Vec::new();
+        let mut found = None;
+        while let Some((mut sender, since)) = idle.pop() {
+            if sender.is_closed() || since.elapsed() >= IDLE {
+                continue;
+            }
+            match sender.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    found = Some(sender);
+                    break;
+                }
+                Poll::Ready(Err(_)) => {}
+                Poll::Pending => busy.push((sender, since)),
             }
         }
-        None
+        // Back at the front, in their order: the next checkouts try the others first.
+        if !busy.is_empty() {
+            busy.reverse();
+            idle.splice(0..0, busy);
+        }
+        found
     }
 
-    fn put_back(&self, upstream: Upstream) {
-        if !upstream.is_closed() {
+    fn put_back(&self, sender: SendRequest<Body>) {
+        if !sender.is_closed() {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            idle.push((upstream, Instant::now()));
+            idle.push((sender, Instant::now()));
         }
     }
 }
 
-/// A response body that drives its connection while it is read, and gives the connection
-/// back to the pool once it has been read to its end. Dropped before that, the connection is
-/// closed, not reused.
+/// A response body that gives its connection back to the pool once it has been read to its
+/// end. Dropped before that, the connection is not reused (hyper closes it).
 struct Returning {
     body: Incoming,
-    upstream: Option<Upstream>,
+    sender: Option<SendRequest<Body>>,
     pool: Weak<Inner>,
 }
 
 impl Returning {
-    /// Puts the connection back if it can take another request now. One whose request is
-    /// still being written (the backend answered before reading all of it) is closed: its
-    /// next user would wait on the previous client's upload.
-    fn give_back(&mut self, cx: &mut Context<'_>) {
-        let (Some(mut upstream), Some(pool)) = (self.upstream.take(), self.pool.upgrade()) else {
-            return;
-        };
-        if !upstream.poll_connection(cx) && matches!(upstream.sender.poll_ready(cx), Poll::Ready(Ok(()))) {
-            pool.put_back(upstream);
+    fn give_back(&mut self) {
+        if let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) {
+            pool.put_back(sender);
         }
     }
 }
@@ -292,20 +218,9 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
-        if polled.is_pending() {
-            if let Some(upstream) = &mut this.upstream {
-                // The connection hands the body over as it is asked for: move it on, then ask
-                // again.
-                if upstream.poll_connection(cx) {
-                    this.upstream = None;
-                }
-                polled = Pin::new(&mut this.body).poll_frame(cx);
-            }
-        }
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(None) = polled {
-            this.give_back(cx);
+            self.give_back();
         }
         polled
     }
@@ -321,10 +236,109 @@ impl http_body::Body for Returning {
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        // Bodies known to be empty, or whose last frame said so, are often not polled to
-        // their end. Nothing waits on this poll: the connection's next user polls it again.
+        // Bodies known to be empty are often never polled.
         if self.body.is_end_stream() {
-            self.give_back(&mut Context::from_waker(std::task::Waker::noop()));
+            self.give_back();
         }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A backend written by hand, so that the test decides what the connection does: every
+    /// connection it accepts is counted, answers one request with `answer` once it has read
+    /// `read` bytes (or the head), then stays open or closes.
+    async fn backend(
+        answer: &'static [u8],
+        read: usize,
+        close_after: bool,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let head_end = seen.windows(4).position(|w| w == b"\r\n\r\n");
+                        if head_end.is_some() && seen.len() >= read {
+                            seen.clear();
+                            if stream.write_all(answer).await.is_err() || close_after {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn get() -> Request<Body> {
+        Request::get("/").header("host", "backend").body(Body::empty()).unwrap()
+    }
+
+    /// Sends `req` and reads the answer's body, failing instead of waiting forever.
+    async fn exchange(pool: &Pool, req: Request<Body>) -> Result<(u16, Bytes), BoxError> {
+        let done = async {
+            let res = pool.send(req).await?;
+            let status = res.status().as_u16();
+            let body = http_body_util::BodyExt::collect(res.into_body()).await?.to_bytes();
+            Ok::<_, BoxError>((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(5), done).await.expect("no answer within 5 s")
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_answer_was_read() {
+        let (addr, accepted) = backend(OK, 0, false).await;
+        let pool = Pool::new(addr, None);
+        for _ in 0..3 {
+            assert_eq!(exchange(&pool, get()).await.unwrap(), (200, Bytes::from_static(b"ok")));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_backend_closed_is_skipped() {
+        let (addr, accepted) = backend(OK, 0, true).await;
+        let pool = Pool::new(addr, None);
+        for _ in 0..3 {
+            // Give the close time to arrive: the pooled connection has ended by then.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(exchange(&pool, get()).await.unwrap(), (200, Bytes::from_static(b"ok")));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_an_earlier_upload_is_passed_over() {
+        // The backend answers as soon as it has the head, and never reads the rest.
+        let (addr, accepted) = backend(OK, 0, false).await;
+        let pool = Pool::new(addr, None);
+        let upload = Request::post("/")
+            .header("host", "backend")
+            .body(Body::from(vec![7u8; 8 << 20]))
+            .unwrap();
+        // Answered (the upload still being written behind the answer): the next request
+        // does not wait for that upload, it gets a connection of its own.
+        let _ = exchange(&pool, upload).await;
+        assert_eq!(exchange(&pool, get()).await.unwrap(), (200, Bytes::from_static(b"ok")));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }

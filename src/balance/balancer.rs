@@ -366,8 +366,10 @@ impl<D, A, R, V> BalancerBuilder<D, A, R, V> {
         R: Replay<B>,
         V: IntoHealthView<K>,
     {
+        // With no redispatch there is nothing to budget: no deposit per request either.
         let budget = self
             .budget
+            .filter(|_| self.redispatches > 0)
             .map(|(min_per_sec, ratio)| TpsBudget::new(BUDGET_WINDOW, min_per_sec, ratio));
         let settings = Settings {
             on_unavailable: self.on_unavailable,

@@ -347,6 +347,11 @@ impl<T> Members<T> {
         self.list.iter()
     }
 
+    /// The member at position `i` in the member list (the balancer's p2c samples by index).
+    pub(crate) fn get(&self, i: usize) -> Option<&T> {
+        self.list.get(i).map(|(_, member)| member)
+    }
+
     /// The member that affinity key `key` maps to; `None` when there are none. Builds the
     /// lookup if the members changed since the last pick.
     pub fn pick(&self, key: u64) -> Option<&T> {

@@ -34,24 +34,8 @@ for spec in "$@"; do
     label="${spec%%=*}" GATEWAY="${spec#*=}"
     [ -x "$GATEWAY" ] || { log "not an executable: $GATEWAY"; exit 2; }
     free_port
-    cat >"$WORK/$label.yaml" <<EOF
-listen: 127.0.0.1:$PORT
-keys: ["$KEY"]
-services:
-  - name: bench
-    endpoints:
-      - {address: "127.0.0.1:$B1", id: s1}
-      - {address: "127.0.0.1:$B2", id: s2}
-      - {address: "127.0.0.1:$B3", id: s3}
-routes:
-  - apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: bench}
-    spec:
-      rules:
-        - backendRefs: [{name: bench, port: 80}]
-          sessionPersistence: {cookie: {name: SRV}}
-EOF
+    bench_gateway_yaml "$PORT" "$KEY" "sessionPersistence: {cookie: {name: SRV}}" \
+        "$B1" "$B2" "$B3" >"$WORK/$label.yaml"
     start_gateway "$WORK/$label.yaml" "$label"
     url="http://127.0.0.1:$PORT/"
     # Three sessions, one per backend (the same key everywhere: any build reads them).

@@ -56,36 +56,26 @@ PORTS=(- "$B1" "$B2" "$B3")
 start_backends "${PORTS[@]:1:$BACKENDS}"
 
 NPROC=$(nproc)
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-    # As many threads as the gateway has serving threads, each on its own core as they are.
-    nbthread $NPROC
-    cpu-map auto:1/1-$NPROC 0-$((NPROC - 1))
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    balance roundrobin
-    # The headers the gateway always adds: the same work on both sides (with the two
-    # set-header lines of each listener).
-    option forwardfor
+# The headers the gateway always adds, the same work on both sides: X-Forwarded-For
+# (`option forwardfor`, in haproxy_head) and the two set-header lines of each listener.
+{
+    haproxy_head
+    cat <<EOF
 
 listen sticky
     bind 127.0.0.1:$H_STICKY
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     cookie SRV insert indirect nocache
-$(for i in $(seq 1 "$BACKENDS"); do echo "    server s$i 127.0.0.1:${PORTS[$i]} cookie s$i"; done)
+$(haproxy_servers "${PORTS[@]:1:$BACKENDS}")
 
 listen plain
     bind 127.0.0.1:$H_PLAIN
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-$(for i in $(seq 1 "$BACKENDS"); do echo "    server s$i 127.0.0.1:${PORTS[$i]}"; done)
+$(COOKIES=no haproxy_servers "${PORTS[@]:1:$BACKENDS}")
 EOF
+} >"$WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
 started "$HAPROXY_PID"
@@ -94,30 +84,14 @@ wait_port "$H_STICKY" && wait_port "$H_PLAIN" || { cat "$WORK/haproxy.out" >&2; 
 KEY=$(head -c 32 /dev/urandom | base64)
 # `$3`: extra top-level lines; `$4`: extra lines for the rule (both optional).
 gateway_config() {
-    local port="$1" persistence="$2" top="${3:-}" rule="${4:-}"
-    cat <<EOF
-listen: 127.0.0.1:$port
-keys: ["$KEY"]
-$top
-services:
-  - name: bench
-    endpoints:
-$(for i in $(seq 1 "$BACKENDS"); do echo "      - {address: \"127.0.0.1:${PORTS[$i]}\", id: s$i}"; done)
-routes:
-  - apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: bench}
-    spec:
-      rules:
-        - backendRefs: [{name: bench, port: 80}]
-EOF
+    local port="$1" persistence="$2" top="${3:-}" rule="${4:-}" lines=""
     if [ "$persistence" = yes ]; then
-        cat <<EOF
-          sessionPersistence: {cookie: {name: SRV}}
-          x-session-persistence: {strategy: insert, indirect: true, nocache: true, codec: $CODEC}
-EOF
+        lines="sessionPersistence: {cookie: {name: SRV}}
+x-session-persistence: {strategy: insert, indirect: true, nocache: true, codec: $CODEC}"
     fi
-    [ -z "$rule" ] || printf '          %s\n' "$rule"
+    [ -z "$rule" ] || lines="${lines:+$lines
+}$rule"
+    TOP="$top" bench_gateway_yaml "$port" "$KEY" "$lines" "${PORTS[@]:1:$BACKENDS}"
 }
 gateway_config "$G_STICKY" yes >"$WORK/gateway-sticky.yaml"
 gateway_config "$G_PLAIN" no >"$WORK/gateway-plain.yaml"

@@ -51,32 +51,19 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/haproxy.pem"
 
-NPROC=$(nproc)
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread $NPROC
-    cpu-map auto:1/1-$NPROC 0-$((NPROC - 1))
-    maxconn 4096
+{
     # TLS 1.2 and 1.3 only, as the gateway.
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    balance roundrobin
-    option forwardfor
+    haproxy_head "ssl-default-bind-options ssl-min-ver TLSv1.2"
+    cat <<EOF
 
 listen sticky
     bind 127.0.0.1:$H_TLS ssl crt $WORK/haproxy.pem alpn h2,http/1.1
     http-request set-header X-Forwarded-Proto https
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     cookie SRV insert indirect nocache
-    server s1 127.0.0.1:$B1 cookie s1
-    server s2 127.0.0.1:$B2 cookie s2
-    server s3 127.0.0.1:$B3 cookie s3
 EOF
+    haproxy_servers "$B1" "$B2" "$B3"
+} >"$WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
 started "$HAPROXY_PID"

@@ -126,3 +126,74 @@ machine() {
 cpu_ticks() {
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
+
+# Prints the benches' usual gateway configuration: listening on 127.0.0.1:`$1`, key `$2`, one
+# route over the bench backends on the ports that follow `$3` (s1, s2, …), whose rule gets the
+# lines of `$3` (indented for it, e.g. the `sessionPersistence` stanza; may be empty). TOP
+# (environment): extra top-level lines.
+bench_gateway_yaml() {
+    local port="$1" key="$2" rule="$3"
+    shift 3
+    echo "listen: 127.0.0.1:$port"
+    echo "keys: [\"$key\"]"
+    [ -z "${TOP:-}" ] || printf '%s\n' "$TOP"
+    cat <<EOF
+services:
+  - name: bench
+    endpoints:
+EOF
+    local i=0 backend
+    for backend in "$@"; do
+        i=$((i + 1))
+        echo "      - {address: \"127.0.0.1:$backend\", id: s$i}"
+    done
+    cat <<EOF
+routes:
+  - apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: bench}
+    spec:
+      rules:
+        - backendRefs: [{name: bench, port: 80}]
+EOF
+    [ -z "$rule" ] || printf '%s\n' "$rule" | sed 's/^/          /'
+}
+
+# Prints HAProxy's `global` and `defaults` sections as the comparisons run it: as many threads
+# as the gateway has serving threads, each on its own core as they are, and the
+# X-Forwarded-For header the gateway always adds (the listeners add the other two). `$@`:
+# extra lines for `global` (indented), e.g. TLS settings.
+haproxy_head() {
+    local nproc
+    nproc=$(nproc)
+    echo "global"
+    echo "    nbthread $nproc"
+    echo "    cpu-map auto:1/1-$nproc 0-$((nproc - 1))"
+    echo "    maxconn 4096"
+    local line
+    for line in "$@"; do echo "    $line"; done
+    cat <<EOF
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    balance roundrobin
+    option forwardfor
+EOF
+}
+
+# Prints the `server` lines of a HAProxy listener for the bench backends on ports `$@` (s1,
+# s2, …), each with `cookie sN` when COOKIES is yes (the default).
+haproxy_servers() {
+    local i=0 port
+    for port in "$@"; do
+        i=$((i + 1))
+        if [ "${COOKIES:-yes}" = yes ]; then
+            echo "    server s$i 127.0.0.1:$port cookie s$i"
+        else
+            echo "    server s$i 127.0.0.1:$port"
+        fi
+    done
+}

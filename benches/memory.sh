@@ -30,25 +30,8 @@ free_port; B2=$PORT
 free_port; B3=$PORT
 free_port; G=$PORT
 start_backends "$B1" "$B2" "$B3"
-cat >"$WORK/gateway.yaml" <<EOF
-listen: 127.0.0.1:$G
-keys: ["$(head -c 32 /dev/urandom | base64)"]
-services:
-  - name: bench
-    endpoints:
-      - {address: "127.0.0.1:$B1", id: s1}
-      - {address: "127.0.0.1:$B2", id: s2}
-      - {address: "127.0.0.1:$B3", id: s3}
-routes:
-  - apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: bench}
-    spec:
-      rules:
-        - backendRefs: [{name: bench, port: 80}]
-          sessionPersistence: {cookie: {name: SRV}, absoluteTimeout: 24h}
-          x-session-persistence: {codec: $CODEC}
-EOF
+bench_gateway_yaml "$G" "$(head -c 32 /dev/urandom | base64)" "sessionPersistence: {cookie: {name: SRV}, absoluteTimeout: 24h}
+x-session-persistence: {codec: $CODEC}" "$B1" "$B2" "$B3" >"$WORK/gateway.yaml"
 start_gateway "$WORK/gateway.yaml" gateway
 PID=$GATEWAY_PID
 URL="http://127.0.0.1:$G/"

@@ -30,52 +30,25 @@ free_port; H=$PORT
 free_port; G=$PORT
 start_backends "$B1" "$B2" "$B3"
 
-NPROC=$(nproc)
-cat >"$WORK/haproxy.cfg" <<EOF
-global
-    nbthread $NPROC
-    cpu-map auto:1/1-$NPROC 0-$((NPROC - 1))
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    balance roundrobin
-    option forwardfor
+{
+    haproxy_head
+    cat <<EOF
+
 listen sticky
     bind 127.0.0.1:$H
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     cookie SRV insert indirect nocache
-    server s1 127.0.0.1:$B1 cookie s1
-    server s2 127.0.0.1:$B2 cookie s2
-    server s3 127.0.0.1:$B3 cookie s3
 EOF
+    haproxy_servers "$B1" "$B2" "$B3"
+} >"$WORK/haproxy.cfg"
 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
 HAPROXY_PID=$!
 started "$HAPROXY_PID"
 wait_port "$H" || { cat "$WORK/haproxy.out" >&2; exit 1; }
 
-cat >"$WORK/gateway.yaml" <<EOF
-listen: 127.0.0.1:$G
-keys: ["$(head -c 32 /dev/urandom | base64)"]
-services:
-  - name: bench
-    endpoints:
-      - {address: "127.0.0.1:$B1", id: s1}
-      - {address: "127.0.0.1:$B2", id: s2}
-      - {address: "127.0.0.1:$B3", id: s3}
-routes:
-  - apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: bench}
-    spec:
-      rules:
-        - backendRefs: [{name: bench, port: 80}]
-          sessionPersistence: {cookie: {name: SRV}}
-          x-session-persistence: {strategy: insert, indirect: true, nocache: true}
-EOF
+bench_gateway_yaml "$G" "$(head -c 32 /dev/urandom | base64)" "sessionPersistence: {cookie: {name: SRV}}
+x-session-persistence: {strategy: insert, indirect: true, nocache: true}" "$B1" "$B2" "$B3" >"$WORK/gateway.yaml"
 start_gateway "$WORK/gateway.yaml" gateway
 GATEWAY_PROC=$GATEWAY_PID
 

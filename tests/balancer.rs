@@ -3,6 +3,9 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -577,4 +580,63 @@ async fn a_balanced_request_goes_out_on_its_first_poll_when_an_endpoint_is_ready
     assert_pending!(waiting.poll());
     answer(&mut ha).await;
     assert_eq!(served_by(&mut assert_ready!(waiting.poll()).unwrap()), "a");
+}
+
+/// An endpoint whose service holds `token` (while any copy of the service lives, the table's,
+/// the member list's or p2c's cache's, the token's count stays above one), and which is not
+/// ready for the first `unready` polls of any of its kind (then always): so that the first
+/// balanced request waits, and tower's p2c takes copies of the endpoints into its cache.
+#[derive(Clone)]
+struct Tracked {
+    _token: Arc<()>,
+    unready: Arc<AtomicUsize>,
+}
+
+impl Service<Request<()>> for Tracked {
+    type Response = Response<()>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        if self
+            .unready
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(Response::new(())))
+    }
+}
+
+/// New sessions take the fast path, which samples the member list and leaves tower's p2c
+/// alone while nothing changes; a removed endpoint must still leave p2c's cache, which holds a
+/// copy of its service (and, in a gateway, its connection pool).
+#[tokio::test(flavor = "current_thread")]
+async fn a_removed_endpoint_is_released_though_no_new_session_waits() {
+    let (a, b) = (Arc::new(()), Arc::new(()));
+    let unready = Arc::new(AtomicUsize::new(3));
+    let (endpoints, discover) = discover_channel();
+    endpoints.insert(key("a"), Tracked { _token: a.clone(), unready: unready.clone() });
+    endpoints.insert(key("b"), Tracked { _token: b.clone(), unready });
+    let balancer = BalancerBuilder::new().group(1, discover).build();
+    settle().await;
+    for _ in 0..20 {
+        balancer.clone().oneshot(Request::new(())).await.unwrap();
+    }
+    assert!(Arc::strong_count(&a) > 2, "a is in the table, its members and p2c's cache");
+    endpoints.remove(key("a"));
+    settle().await;
+    for _ in 0..20 {
+        let mut res = balancer.clone().oneshot(Request::new(())).await.unwrap();
+        assert_eq!(served_by(&mut res), "b");
+    }
+    settle().await;
+    assert_eq!(Arc::strong_count(&a), 1, "every copy of a's service is dropped");
+    assert!(Arc::strong_count(&b) > 1);
 }

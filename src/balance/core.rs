@@ -595,7 +595,8 @@ where
     /// It samples the member list itself rather than tower's p2c: tower's ready cache moves
     /// the endpoint it calls out of its ready map and back through a pending set (an
     /// allocation and two map updates per request), which at thousands of endpoints costs a
-    /// cache miss each. The dispatcher keeps tower's p2c for the requests that must wait.
+    /// cache miss each. tower's p2c still takes the requests that must wait (the dispatcher)
+    /// and the first request after a change of the endpoints, so that it reads the change.
     // The request comes back by value when it must queue; boxing it would allocate on the
     // hot path.
     #[allow(clippy::result_large_err)]
@@ -609,9 +610,21 @@ where
         S: Service<Request<B>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
     {
-        match self.groups[group].balance.try_lock() {
-            Ok(p2c) if !p2c.dispatcher_waiting => {}
-            _ => return Err(req),
+        {
+            let Ok(mut p2c) = self.groups[group].balance.try_lock() else { return Err(req) };
+            if p2c.dispatcher_waiting {
+                return Err(req);
+            }
+            // A change of the endpoints waits: this request goes through tower's p2c, which
+            // reads it (and drops removed endpoints from its cache). A `Pending` registers
+            // this task's waker; harmless, as the dispatcher polls (and registers its own)
+            // before it waits on p2c.
+            if self.groups[group].p2c.has_pending() {
+                return match p2c.picker.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => Ok(p2c.picker.call(req)),
+                    _ => Err(req),
+                };
+            }
         }
         let mut chosen = {
             let table = self.read();

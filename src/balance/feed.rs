@@ -6,12 +6,17 @@
 //! with pinned traffic only) until then; here a newer change for a key replaces the one not
 //! yet read, so what waits is bounded by the number of endpoints. The last change for a key is
 //! the only one that matters to p2c: an Insert replaces the service, a Remove evicts it.
+//!
+//! The balancer's fast path skips p2c while no change waits ([`FeedSender::has_pending`]);
+//! the first balanced request after a change goes through p2c, which reads the changes, so
+//! removed endpoints leave p2c's cache however rarely requests must wait.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::hash::Hash;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -26,16 +31,25 @@ struct State<K, V> {
     closed: bool,
 }
 
-type Shared<K, V> = Arc<Mutex<State<K, V>>>;
+/// The channel's state, and whether a change waits (read without the lock).
+struct Channel<K, V> {
+    state: Mutex<State<K, V>>,
+    pending: AtomicBool,
+}
+
+type Shared<K, V> = Arc<Channel<K, V>>;
 
 /// Creates a coalescing change channel.
 pub(crate) fn feed<K, V>() -> (FeedSender<K, V>, FeedReceiver<K, V>) {
-    let state = Arc::new(Mutex::new(State {
-        order: VecDeque::new(),
-        pending: HashMap::new(),
-        waker: None,
-        closed: false,
-    }));
+    let state = Arc::new(Channel {
+        state: Mutex::new(State {
+            order: VecDeque::new(),
+            pending: HashMap::new(),
+            waker: None,
+            closed: false,
+        }),
+        pending: AtomicBool::new(false),
+    });
     (FeedSender(state.clone()), FeedReceiver(state))
 }
 
@@ -45,10 +59,11 @@ pub(crate) struct FeedSender<K, V>(Shared<K, V>);
 impl<K: Hash + Eq + Clone, V> FeedSender<K, V> {
     fn send(&self, key: K, change: Change<K, V>) {
         let waker = {
-            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
             if state.pending.insert(key.clone(), change).is_none() {
                 state.order.push_back(key);
             }
+            self.0.pending.store(true, Ordering::Release);
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -67,10 +82,17 @@ impl<K: Hash + Eq + Clone, V> FeedSender<K, V> {
     }
 }
 
+impl<K, V> FeedSender<K, V> {
+    /// Whether a change waits to be read by p2c.
+    pub(crate) fn has_pending(&self) -> bool {
+        self.0.pending.load(Ordering::Acquire)
+    }
+}
+
 impl<K, V> Drop for FeedSender<K, V> {
     fn drop(&mut self) {
         let waker = {
-            let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
             state.closed = true;
             state.waker.take()
         };
@@ -93,12 +115,14 @@ impl<K: Hash + Eq, V> Stream for FeedReceiver<K, V> {
     type Item = Result<Change<K, V>, Infallible>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some(key) = state.order.pop_front() {
             if let Some(change) = state.pending.remove(&key) {
                 return Poll::Ready(Some(Ok(change)));
             }
         }
+        // Cleared under the lock a sender sets it under: no change is missed.
+        self.0.pending.store(false, Ordering::Release);
         if state.closed {
             return Poll::Ready(None);
         }
@@ -126,9 +150,16 @@ mod tests {
             Some(Ok(Change::Remove(k))) => format!("-{k}"),
             None => "end".to_owned(),
         };
+        assert!(tx.has_pending());
         assert_eq!(next(rx.next().await), "+a2");
         assert_eq!(next(rx.next().await), "-b");
+        assert!(tx.has_pending(), "not read to its end yet");
+        assert!(futures_util::poll!(rx.next()).is_pending());
+        assert!(!tx.has_pending());
+        tx.remove("a");
+        assert!(tx.has_pending());
         drop(tx);
+        assert_eq!(next(rx.next().await), "-a");
         assert_eq!(next(rx.next().await), "end");
     }
 }

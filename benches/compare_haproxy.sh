@@ -56,30 +56,12 @@ PORTS=(- "$B1" "$B2" "$B3")
 start_backends "${PORTS[@]:1:$BACKENDS}"
 
 NPROC=$(nproc)
-# The headers the gateway always adds, the same work on both sides: X-Forwarded-For
-# (`option forwardfor`, in haproxy_head) and the two set-header lines of each listener.
 {
     haproxy_head
-    cat <<EOF
-
-listen sticky
-    bind 127.0.0.1:$H_STICKY
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    cookie SRV insert indirect nocache
-$(haproxy_servers "${PORTS[@]:1:$BACKENDS}")
-
-listen plain
-    bind 127.0.0.1:$H_PLAIN
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-$(COOKIES=no haproxy_servers "${PORTS[@]:1:$BACKENDS}")
-EOF
+    haproxy_listen sticky "127.0.0.1:$H_STICKY" http yes "${PORTS[@]:1:$BACKENDS}"
+    haproxy_listen plain "127.0.0.1:$H_PLAIN" http no "${PORTS[@]:1:$BACKENDS}"
 } >"$WORK/haproxy.cfg"
-haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
-HAPROXY_PID=$!
-started "$HAPROXY_PID"
-wait_port "$H_STICKY" && wait_port "$H_PLAIN" || { cat "$WORK/haproxy.out" >&2; exit 1; }
+start_haproxy "$H_STICKY" "$H_PLAIN"
 
 KEY=$(head -c 32 /dev/urandom | base64)
 # `$3`: extra top-level lines; `$4`: extra lines for the rule (both optional).
@@ -91,7 +73,7 @@ x-session-persistence: {strategy: insert, indirect: true, nocache: true, codec: 
     fi
     [ -z "$rule" ] || lines="${lines:+$lines
 }$rule"
-    TOP="$top" bench_gateway_yaml "$port" "$KEY" "$lines" "${PORTS[@]:1:$BACKENDS}"
+    TOP_LINES="$top" bench_gateway_yaml "$port" "$KEY" "$lines" "${PORTS[@]:1:$BACKENDS}"
 }
 gateway_config "$G_STICKY" yes >"$WORK/gateway-sticky.yaml"
 gateway_config "$G_PLAIN" no >"$WORK/gateway-plain.yaml"

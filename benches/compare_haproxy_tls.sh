@@ -54,20 +54,10 @@ cat "$WORK/tls.crt" "$WORK/tls.key" >"$WORK/haproxy.pem"
 {
     # TLS 1.2 and 1.3 only, as the gateway.
     haproxy_head "ssl-default-bind-options ssl-min-ver TLSv1.2"
-    cat <<EOF
-
-listen sticky
-    bind 127.0.0.1:$H_TLS ssl crt $WORK/haproxy.pem alpn h2,http/1.1
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    cookie SRV insert indirect nocache
-EOF
-    haproxy_servers "$B1" "$B2" "$B3"
+    haproxy_listen sticky "127.0.0.1:$H_TLS ssl crt $WORK/haproxy.pem alpn h2,http/1.1" https yes \
+        "$B1" "$B2" "$B3"
 } >"$WORK/haproxy.cfg"
-haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
-HAPROXY_PID=$!
-started "$HAPROXY_PID"
-wait_port "$H_TLS" || { cat "$WORK/haproxy.out" >&2; exit 1; }
+start_haproxy "$H_TLS"
 
 KEY=$(head -c 32 /dev/urandom | base64)
 CRT64=$(base64 -w0 <"$WORK/tls.crt")

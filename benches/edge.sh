@@ -83,10 +83,7 @@ if [ -n "${BEFORE:-}" ]; then
     GATEWAY="$NOW_GATEWAY" GATEWAY_PID=$NOW_PID
     PROXIES="before gateway haproxy"
 fi
-haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.out" 2>&1 &
-HAPROXY_PID=$!
-started "$HAPROXY_PID"
-wait_port "$H"
+start_haproxy "$H"
 
 cat >"$WORK/clients.py" <<'PY'
 import socket, sys, time

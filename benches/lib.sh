@@ -129,14 +129,14 @@ cpu_ticks() {
 
 # Prints the benches' usual gateway configuration: listening on 127.0.0.1:`$1`, key `$2`, one
 # route over the bench backends on the ports that follow `$3` (s1, s2, …), whose rule gets the
-# lines of `$3` (indented for it, e.g. the `sessionPersistence` stanza; may be empty). TOP
+# lines of `$3` (indented for it, e.g. the `sessionPersistence` stanza; may be empty). TOP_LINES
 # (environment): extra top-level lines.
 bench_gateway_yaml() {
     local port="$1" key="$2" rule="$3"
     shift 3
     echo "listen: 127.0.0.1:$port"
     echo "keys: [\"$key\"]"
-    [ -z "${TOP:-}" ] || printf '%s\n' "$TOP"
+    [ -z "${TOP_LINES:-}" ] || printf '%s\n' "$TOP_LINES"
     cat <<EOF
 services:
   - name: bench
@@ -184,16 +184,39 @@ defaults
 EOF
 }
 
-# Prints the `server` lines of a HAProxy listener for the bench backends on ports `$@` (s1,
-# s2, …), each with `cookie sN` when COOKIES is yes (the default).
-haproxy_servers() {
+# Prints a HAProxy `listen` section over the bench backends: `$1` its name, `$2` its `bind`
+# arguments, `$3` the X-Forwarded-Proto it sets (http or https), `$4` yes for cookie
+# persistence (`cookie SRV insert indirect nocache`, a `cookie sN` per server), then the
+# backends' ports (s1, s2, …). With `option forwardfor` (haproxy_head) it adds the same three
+# headers the gateway does: the same work on both sides.
+haproxy_listen() {
+    local name="$1" bind="$2" proto="$3" cookies="$4"
+    shift 4
+    echo
+    echo "listen $name"
+    echo "    bind $bind"
+    echo "    http-request set-header X-Forwarded-Proto $proto"
+    echo "    http-request set-header X-Forwarded-Host %[req.hdr(host)]"
+    [ "$cookies" != yes ] || echo "    cookie SRV insert indirect nocache"
     local i=0 port
     for port in "$@"; do
         i=$((i + 1))
-        if [ "${COOKIES:-yes}" = yes ]; then
+        if [ "$cookies" = yes ]; then
             echo "    server s$i 127.0.0.1:$port cookie s$i"
         else
             echo "    server s$i 127.0.0.1:$port"
         fi
+    done
+}
+
+# Starts HAProxy with "$WORK/haproxy.cfg"; waits until it listens on the ports `$@`. Sets
+# HAPROXY_PID.
+start_haproxy() {
+    haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
+    HAPROXY_PID=$!
+    started "$HAPROXY_PID"
+    local port
+    for port in "$@"; do
+        wait_port "$port" || { cat "$WORK/haproxy.out" >&2; return 1; }
     done
 }

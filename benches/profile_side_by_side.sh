@@ -32,20 +32,9 @@ start_backends "$B1" "$B2" "$B3"
 
 {
     haproxy_head
-    cat <<EOF
-
-listen sticky
-    bind 127.0.0.1:$H
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    cookie SRV insert indirect nocache
-EOF
-    haproxy_servers "$B1" "$B2" "$B3"
+    haproxy_listen sticky "127.0.0.1:$H" http yes "$B1" "$B2" "$B3"
 } >"$WORK/haproxy.cfg"
-haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.out" 2>&1 &
-HAPROXY_PID=$!
-started "$HAPROXY_PID"
-wait_port "$H" || { cat "$WORK/haproxy.out" >&2; exit 1; }
+start_haproxy "$H"
 
 bench_gateway_yaml "$G" "$(head -c 32 /dev/urandom | base64)" "sessionPersistence: {cookie: {name: SRV}}
 x-session-persistence: {strategy: insert, indirect: true, nocache: true}" "$B1" "$B2" "$B3" >"$WORK/gateway.yaml"

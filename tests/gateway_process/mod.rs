@@ -106,15 +106,17 @@ impl Drop for Gateway {
 impl Gateway {
     /// Waits until the log shows `text` (for live changes); bounded by [`PATIENCE`].
     pub async fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.stderr.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no {text:?} in the log:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_log(&self.stderr, text).await;
+    }
+}
+
+/// Waits until `log` (a gateway's stderr, as [`drain`] collects it) contains `text`; fails the
+/// test after [`PATIENCE`].
+async fn wait_for_log(log: &Mutex<String>, text: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !log.lock().unwrap().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} in the log:\n{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -249,17 +251,9 @@ impl Running {
         self.urls[index].rsplit(':').next().unwrap().parse().unwrap()
     }
 
-    /// Waits until the log shows `text` (for live changes).
+    /// Waits until the log shows `text` (for live changes); bounded by [`PATIENCE`].
     pub async fn wait_log(&self, text: &str) {
-        let deadline = Instant::now() + PATIENCE;
-        while !self.stderr.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "no {text:?} in the log:\n{}",
-                self.stderr.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for_log(&self.stderr, text).await;
     }
 }
 

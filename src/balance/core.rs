@@ -427,7 +427,6 @@ where
         let Some(slot) = table.slots.get(key) else { return false };
         let health = slot.endpoint.health().clone();
         let shared = health.shared.clone();
-        let mut ejection = None;
         let mut recovered = false;
         match state {
             EndpointState::Serving => {
@@ -438,20 +437,17 @@ where
                 }
             }
             EndpointState::Draining => health.set_draining(true),
-            EndpointState::Ejected => {
-                if shared.set_ejected(true) {
-                    ejection = Some(shared.next_ejection());
-                }
-            }
+            // Below, with the lock released: an ejection is the view's.
+            EndpointState::Ejected => {}
         }
         tracing::debug!(endpoint = ?key, %state, "endpoint state set");
         self.resync(&mut table, key);
         drop(table);
-        if recovered || ejection.is_some() {
+        if recovered {
             self.view.changed(key, &shared);
         }
-        if let Some(epoch) = ejection {
-            self.recover_later(key.clone(), shared, epoch);
+        if state == EndpointState::Ejected {
+            self.begin_ejection(key, &shared);
         }
         true
     }
@@ -470,13 +466,21 @@ where
                 _ => return false,
             }
         }
-        let shared = &health.shared;
+        if !self.begin_ejection(key, &health.shared) {
+            return false;
+        }
+        tracing::info!(endpoint = ?key, period = ?self.settings.eject_for, "endpoint ejected after a failure");
+        true
+    }
+
+    /// Ejects `key` in the view (`false` if it is ejected already, by any balancer), tells
+    /// every balancer of the view, and ends the ejection after the ejection period. Called
+    /// with no lock held: every balancer of the view (this one included) takes its own.
+    fn begin_ejection(&self, key: &K, shared: &Arc<Shared>) -> bool {
         if !shared.set_ejected(true) {
             return false;
         }
         let epoch = shared.next_ejection();
-        tracing::info!(endpoint = ?key, period = ?self.settings.eject_for, "endpoint ejected after a failure");
-        // No lock held: every balancer of the view (this one included) takes its own.
         self.view.changed(key, shared);
         self.recover_later(key.clone(), shared.clone(), epoch);
         true

@@ -337,6 +337,8 @@ mod grpc;
 mod h2c;
 #[path = "gateway/health.rs"]
 mod health;
+#[path = "gateway/keep_alive.rs"]
+mod keep_alive;
 #[path = "gateway/listeners.rs"]
 mod listeners;
 #[path = "gateway/persistence.rs"]

@@ -24,7 +24,7 @@ use gateway_process::{Gateway, TempFile, run_gateway, spawn_gateway_with_env, st
 const MARGIN: Duration = Duration::from_secs(4);
 
 /// A backend that answers every request with what it saw: headers as `x-seen-<name>` (all
-/// fields joined by ` | `), its path in `x-seen-path`, and the number of body bytes read.
+/// fields joined by ` | `), its path in `x-seen-path`, its method in `x-seen-method`, and the number of body bytes read.
 async fn echo_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -35,7 +35,9 @@ async fn echo_backend() -> SocketAddr {
                 let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
                     let (parts, body) = req.into_parts();
                     let length = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                    let mut res = Response::builder().header("x-seen-path", parts.uri.to_string());
+                    let mut res = Response::builder()
+                        .header("x-seen-path", parts.uri.to_string())
+                        .header("x-seen-method", parts.method.as_str());
                     for name in parts.headers.keys() {
                         let all: Vec<String> = parts
                             .headers
@@ -646,4 +648,116 @@ async fn a_stalled_request_body_gets_408_within_client_body() {
     assert!(open >= Duration::from_millis(900), "answered after {open:?}, before clientBody");
     let logs = gw.stderr.lock().unwrap().clone();
     assert!(!logs.contains("upstream request failed"), "the endpoint was blamed:\n{logs}");
+}
+
+/// Reads one response (head and a `content-length` body) from a keep-alive connection, with
+/// what came after it left in `pending`.
+async fn read_response(stream: &mut TcpStream, pending: &mut Vec<u8>) -> (String, String) {
+    let mut buf = [0u8; 8192];
+    let response = tokio::time::timeout(MARGIN, async {
+        loop {
+            if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0);
+                if pending.len() >= end + 4 + length {
+                    let body =
+                        String::from_utf8_lossy(&pending[end + 4..end + 4 + length]).into_owned();
+                    pending.drain(..end + 4 + length);
+                    return (head, body);
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the gateway closed the connection; read so far: {pending:?}");
+            pending.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    response.expect("a response within the margin")
+}
+
+/// Waits until `text` is in the gateway's log `n` times.
+async fn wait_log_count(gw: &Gateway, text: &str, n: usize) {
+    let deadline = Instant::now() + MARGIN;
+    while gw.stderr.lock().unwrap().matches(text).count() < n {
+        assert!(Instant::now() < deadline, "not {n} {text:?}:\n{}", gw.stderr.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_that_released_its_state_serves_what_comes_next() {
+    const RELEASED: &str = "idle: HTTP state released";
+    let backend = echo_backend().await;
+    let file = TempFile::new(&config(backend, "timeouts: {requestHeader: 2s}", ""));
+    let path = file.0.to_str().unwrap().to_owned();
+    let gw = spawn_gateway_with_env(
+        &["--config", &path],
+        Some(file),
+        &[("RUST_LOG", "gateway::keep_alive=trace")],
+    )
+    .await;
+    let releases = || gw.stderr.lock().unwrap().matches(RELEASED).count();
+    let mut stream = TcpStream::connect(addr_of(&gw)).await.unwrap();
+    let mut pending = Vec::new();
+    stream.write_all(b"GET /first HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    let (head, _) = read_response(&mut stream, &mut pending).await;
+    assert!(head.contains("x-seen-path: /first"), "{head}");
+    wait_log_count(&gw, RELEASED, 1).await;
+
+    // After a release: two requests in one write, the second with a body.
+    stream
+        .write_all(b"GET /second HTTP/1.1\r\nHost: shop\r\n\r\nPOST /third HTTP/1.1\r\nHost: shop\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut stream, &mut pending).await;
+    assert!(head.contains("x-seen-path: /second\r\nx-seen-method: GET\r\n"), "{head}");
+    let (head, body) = read_response(&mut stream, &mut pending).await;
+    assert!(head.contains("x-seen-path: /third\r\nx-seen-method: POST\r\n"), "{head}");
+    assert_eq!(body, "5");
+    wait_log_count(&gw, RELEASED, 2).await;
+
+    // A head begun is not idle: it is never released, however slowly it comes.
+    stream.write_all(b"GET /fourth HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(b"st: shop\r\n\r\n").await.unwrap();
+    let (head, _) = read_response(&mut stream, &mut pending).await;
+    assert!(head.contains("x-seen-path: /fourth\r\nx-seen-method: GET\r\n"), "{head}");
+    assert_eq!(releases(), 2, "released with a head begun");
+    wait_log_count(&gw, RELEASED, 3).await;
+
+    // Nor is a request whose body is still coming.
+    stream
+        .write_all(b"POST /fifth HTTP/1.1\r\nHost: shop\r\nContent-Length: 6\r\n\r\nabc")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stream.write_all(b"def").await.unwrap();
+    let (head, body) = read_response(&mut stream, &mut pending).await;
+    assert!(head.contains("x-seen-path: /fifth\r\nx-seen-method: POST\r\n"), "{head}");
+    assert_eq!(body, "6");
+    assert_eq!(releases(), 3, "released with a body coming");
+    wait_log_count(&gw, RELEASED, 4).await;
+
+    // A head begun after a release still has requestHeader (2 s) to finish.
+    stream.write_all(b"GET /never-finished HTTP/1.1\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(2) + MARGIN, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a half head still open after {:?}", started.elapsed());
+    assert!(pending.is_empty(), "{pending:?}");
 }

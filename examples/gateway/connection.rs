@@ -14,6 +14,10 @@
 //! when the deadline does (once per request), so a busy connection pays two atomic updates per
 //! request. On shutdown a connection with no request in flight, half-sent heads included, is
 //! closed at once; the others finish their request within `shutdownGrace`.
+//!
+//! A plain HTTP/1 connection between requests has one more deadline, [`RELEASE_IDLE_AFTER`]
+//! from the end of its last response: then its HTTP state is released (see `keep_alive`).
+//! The same timer serves both, and on a busy connection it rings once per that period.
 
 use std::io;
 use std::pin::Pin;
@@ -22,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::{Buf as _, Bytes};
 use http::{Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -33,6 +38,11 @@ use crate::edge::Timeouts;
 
 /// Marks a time that is not set.
 const UNSET: u64 = u64::MAX;
+
+/// How long a plain HTTP/1 connection waits between requests before it hands back its HTTP
+/// state (hyper's two 8 KiB buffers among it). Short enough that idle keep-alive clients cost
+/// little, long enough that a busy connection does not rebuild that state for every request.
+pub(crate) const RELEASE_IDLE_AFTER: Duration = Duration::from_millis(250);
 
 /// What a connection is doing, shared by its socket, its service and its response bodies.
 #[derive(Debug)]
@@ -50,6 +60,14 @@ pub(crate) struct Activity {
     h2: AtomicBool,
     /// Switched protocols: the tunnel keeps its own time.
     upgraded: AtomicBool,
+    /// Whether this connection releases its HTTP state when idle (plain HTTP/1).
+    releases: AtomicBool,
+    /// Idle for [`RELEASE_IDLE_AFTER`] between requests: the state may be released.
+    release_due: AtomicBool,
+    /// Bytes were written since the last completed flush.
+    unflushed: AtomicBool,
+    /// While the HTTP state is handed back: shutting the socket down leaves it open.
+    detached: AtomicBool,
 }
 
 impl Activity {
@@ -61,7 +79,53 @@ impl Activity {
             head_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
+            releases: AtomicBool::new(false),
+            release_due: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
         })
+    }
+
+    /// From now on, the connection's HTTP state may be released when idle.
+    pub(crate) fn enable_release(&self) {
+        self.releases.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this connection releases its HTTP state when idle, now and later.
+    fn releases(&self) -> bool {
+        self.releases.load(Ordering::Relaxed) && !self.upgraded.load(Ordering::Relaxed)
+    }
+
+    /// Between two requests: none in flight, no byte of the next one read, not upgraded,
+    /// HTTP/1.
+    fn between_requests(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == UNSET
+            && !self.upgraded.load(Ordering::Relaxed)
+            && !self.h2.load(Ordering::Relaxed)
+    }
+
+    /// When the HTTP state is to be released, if it is not due already.
+    fn release_at(&self) -> Option<Instant> {
+        if !self.releases() || self.release_due.load(Ordering::Relaxed) || !self.between_requests()
+        {
+            return None;
+        }
+        Some(self.at(self.idle_since.load(Ordering::Relaxed)) + RELEASE_IDLE_AFTER)
+    }
+
+    /// Whether the HTTP state may be released now: idle long enough between requests, with
+    /// every byte of the last response flushed to the socket.
+    pub(crate) fn may_release(&self) -> bool {
+        self.release_due.load(Ordering::Relaxed)
+            && self.between_requests()
+            && !self.unflushed.load(Ordering::Relaxed)
+    }
+
+    /// While set, shutting the socket down leaves it open: hyper closes a connection it is
+    /// told to shut down, and the socket outlives it.
+    pub(crate) fn set_detached(&self, detached: bool) {
+        self.detached.store(detached, Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
@@ -88,6 +152,7 @@ impl Activity {
     fn on_request(&self, version: Version) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(UNSET, Ordering::Relaxed);
+        self.release_due.store(false, Ordering::Relaxed);
         if version == Version::HTTP_2 {
             self.h2.store(true, Ordering::Relaxed);
         }
@@ -127,12 +192,20 @@ pin_project! {
         timeouts: Timeouts,
         read_timer: Option<Pin<Box<Sleep>>>,
         write_timer: Option<Pin<Box<Sleep>>>,
+        // Bytes read from the socket that the next reads return first.
+        unread: Bytes,
     }
 }
 
 impl<IO> Watched<IO> {
     pub(crate) fn new(io: IO, activity: Arc<Activity>, timeouts: Timeouts) -> Self {
-        Self { io, activity, timeouts, read_timer: None, write_timer: None }
+        Self { io, activity, timeouts, read_timer: None, write_timer: None, unread: Bytes::new() }
+    }
+
+    /// Puts bytes already read back in front of what the socket will give.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty(), "unread twice");
+        self.unread = bytes;
     }
 }
 
@@ -169,6 +242,13 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            this.activity.on_read();
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match this.io.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -178,12 +258,30 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => match this.activity.read_deadline(this.timeouts) {
-                Some(deadline) if expired(this.read_timer, deadline, cx) => {
-                    Poll::Ready(Err(timed_out("client timeout: no request")))
+            Poll::Pending => {
+                let activity = &**this.activity;
+                let Some(deadline) = activity.read_deadline(this.timeouts) else {
+                    // In flight. hyper reads again after the response only when woken, so a
+                    // connection that will release its state needs a timer that rings soon
+                    // after (moved once per period on a busy connection, as below).
+                    if activity.releases() {
+                        expired(this.read_timer, Instant::now() + RELEASE_IDLE_AFTER, cx);
+                    }
+                    return Poll::Pending;
+                };
+                if let Some(release) = activity.release_at().filter(|at| *at < deadline) {
+                    if !expired(this.read_timer, release, cx) {
+                        return Poll::Pending;
+                    }
+                    // Seen by the connection's task when this poll returns; the timer goes on
+                    // to the idle deadline below, in case the state is kept after all.
+                    activity.release_due.store(true, Ordering::Relaxed);
                 }
-                _ => Poll::Pending,
-            },
+                if expired(this.read_timer, deadline, cx) {
+                    return Poll::Ready(Err(timed_out("client timeout: no request")));
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -225,6 +323,9 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.io.poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.unflushed.store(true, Ordering::Relaxed);
+        }
         Self::written(this.write_timer, this.timeouts, polled, cx)
     }
 
@@ -235,6 +336,9 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let polled = this.io.poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.unflushed.store(true, Ordering::Relaxed);
+        }
         Self::written(this.write_timer, this.timeouts, polled, cx)
     }
 
@@ -245,11 +349,18 @@ impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
         let polled = this.io.poll_flush(cx);
+        if let Poll::Ready(Ok(())) = polled {
+            this.activity.unflushed.store(false, Ordering::Relaxed);
+        }
         Self::written(this.write_timer, this.timeouts, polled, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        if this.activity.detached.load(Ordering::Relaxed) {
+            return this.io.poll_flush(cx);
+        }
+        this.io.poll_shutdown(cx)
     }
 }
 

@@ -541,7 +541,7 @@ impl Connection {
             .service(gateway);
         let outer =
             ServiceBuilder::new().layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive));
-        let io = TokioIo::new(Watched::new(stream, activity.clone(), timeouts));
+        let io = Watched::new(stream, activity.clone(), timeouts);
         let remote = client.addr;
         if traced {
             let service = outer
@@ -561,15 +561,16 @@ impl Connection {
 async fn serve_as<IO, S, B>(
     builders: &Builders,
     http: Http,
-    io: IO,
+    io: Watched<IO>,
     service: S,
     activity: &Activity,
     stop: watch::Receiver<bool>,
     remote: SocketAddr,
 ) where
-    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
         + Clone
+        + Unpin
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -580,20 +581,20 @@ async fn serve_as<IO, S, B>(
 {
     match http {
         Http::One => {
-            let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(connection, |c| c.graceful_shutdown(), activity, stop, remote).await;
+            crate::keep_alive::serve(&builders.http1, io, service, activity, stop, remote).await;
         }
         // Rare on plain ports: boxed, so that HTTP/1 connections' tasks stay small.
         Http::Two => {
-            let connection = builders.http2.serve_connection(io, service);
-            let shut_down = |c: Pin<&mut http2::Connection<IO, S, TokioExecutor>>| {
+            let connection = builders.http2.serve_connection(TokioIo::new(io), service);
+            let shut_down = |c: Pin<&mut http2::Connection<_, S, TokioExecutor>>| {
                 c.graceful_shutdown();
             };
             Box::pin(drive(connection, shut_down, activity, stop, remote)).await;
         }
         // TLS only: boxed too, since hyper-util's connection holds either HTTP inline.
         Http::Detect => {
-            let connection = builders.auto.serve_connection_with_upgrades(io, service);
+            let connection =
+                builders.auto.serve_connection_with_upgrades(TokioIo::new(io), service);
             Box::pin(drive(connection, |c| c.graceful_shutdown(), activity, stop, remote)).await;
         }
     }

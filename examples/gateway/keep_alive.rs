@@ -19,6 +19,7 @@
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -31,55 +32,112 @@ use tokio::sync::watch;
 
 use crate::connection::{Activity, Watched};
 
+/// What a plain HTTP/1 connection keeps from one request to the next.
+pub(crate) struct Kept<IO, S, G> {
+    pub(crate) builder: Arc<http1::Builder>,
+    pub(crate) io: Watched<IO>,
+    pub(crate) service: S,
+    pub(crate) activity: Arc<Activity>,
+    pub(crate) stop: watch::Receiver<bool>,
+    pub(crate) client: SocketAddr,
+    /// Whatever must live as long as the connection (its place under the connection limit,
+    /// its count for shutdown).
+    pub(crate) held: G,
+}
+
+/// A connection's work, with its type erased: serving and parking start each other.
+type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Serves a plain HTTP/1 connection until it ends or `stop` turns true (then as `drive` in
 /// `server` does: at once when idle, else after the request in flight), releasing its HTTP
-/// state whenever it idles between requests.
-pub(crate) async fn serve<IO, S, B>(
-    builder: &http1::Builder,
-    mut io: Watched<IO>,
-    mut service: S,
-    activity: &Activity,
-    mut stop: watch::Receiver<bool>,
-    client: SocketAddr,
-) where
+/// state whenever it idles between requests. Returns at the first release: from then on,
+/// the connection lives in tasks of its own, small while it waits.
+pub(crate) async fn serve<IO, S, B, G>(kept: Kept<IO, S, G>)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>> + Unpin,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
+        + Unpin
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Send + 'static,
 {
-    activity.enable_release();
-    loop {
-        // Boxed: the task of an idle connection holds none of hyper's state, nor what drives it.
-        let served = Box::pin(until_idle(builder, io, service, activity, &mut stop, client));
-        let Some((idle, kept, unread)) = served.await else {
+    kept.activity.enable_release();
+    serving(kept).await;
+}
+
+/// Serves until the connection ends, or until it may be released: then a task of its own
+/// waits for the next request ([`parking`]).
+fn serving<IO, S, B, G>(kept: Kept<IO, S, G>) -> Work
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Send + 'static,
+{
+    Box::pin(async move {
+        let Kept { builder, io, service, activity, mut stop, client, held } = kept;
+        let Some((io, service, unread)) =
+            until_idle(&builder, io, service, &activity, &mut stop, client).await
+        else {
             return;
         };
         tracing::trace!(%client, "idle: HTTP state released");
-        (io, service) = (idle, kept);
-        if !unread.is_empty() {
-            io.unread(unread);
-            continue;
+        let mut kept = Kept { builder, io, service, activity, stop, client, held };
+        if unread.is_empty() {
+            // Even empty, it holds hyper's whole read buffer: let that go before waiting.
+            drop(unread);
+            tokio::spawn(parking(kept));
+        } else {
+            kept.io.unread(unread);
+            tokio::spawn(serving(kept));
         }
-        // Even empty, it holds hyper's whole read buffer: let that go before waiting.
-        drop(unread);
+    })
+}
+
+/// Waits for the next request's first byte with a one-byte read (the socket's read deadline,
+/// `clientIdle` from the last response, still holds), then serves again.
+fn parking<IO, S, B, G>(mut kept: Kept<IO, S, G>) -> Work
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    G: Send + 'static,
+{
+    Box::pin(async move {
         let mut first = [0u8; 1];
-        // The socket's read deadline (clientIdle from the last response) still holds.
         let read = tokio::select! {
-            read = io.read(&mut first) => read,
-            _ = stop.wait_for(|&stop| stop) => return,
+            read = kept.io.read(&mut first) => read,
+            _ = kept.stop.wait_for(|&stop| stop) => return,
         };
         match read {
-            Ok(1) => io.unread(Bytes::copy_from_slice(&first)),
+            Ok(1) => kept.io.unread(Bytes::copy_from_slice(&first)),
             Ok(_) => return,
             Err(error) => {
-                tracing::debug!(%error, %client, "connection closed while idle");
+                tracing::debug!(%error, client = %kept.client, "connection closed while idle");
                 return;
             }
         }
-    }
+        serving(kept).await;
+    })
 }
 
 /// Serves requests with a new hyper connection until the connection ends (`None`) or may be

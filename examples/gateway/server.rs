@@ -46,6 +46,7 @@ use tracing::Level;
 use crate::client_body::ClientBody;
 use crate::connection::{Activity, Tracked, Watched};
 use crate::edge::{Limits, Timeouts};
+use crate::keep_alive::Kept;
 use crate::proxy::ClientAddr;
 use crate::routing::ArrivedOn;
 use crate::stack::Gateway;
@@ -342,11 +343,7 @@ async fn serve(
         // Plain and TLS connections are separate tasks: a task's allocation is the size of
         // its future, and a TLS connection's is several times a plain one's.
         let Some(acceptor) = tls else {
-            tokio::spawn(async move {
-                let _counted = counted;
-                let _place = place;
-                connection.run_plain(stream, stop).await;
-            });
+            tokio::spawn(connection.run_plain(stream, stop, (counted, place)));
             continue;
         };
         tokio::spawn(async move {
@@ -375,7 +372,7 @@ async fn serve(
                 _ = stop.wait_for(|&stop| stop) => return,
             };
             let activity = Activity::new();
-            connection.run(stream, stop, activity, Http::Detect).await;
+            connection.run(stream, stop, activity, Http::Detect, ()).await;
         });
     }
     drop(listener);
@@ -398,7 +395,7 @@ async fn serve(
 struct Builders {
     /// HTTP/1.1 or HTTP/2, told apart by hyper-util (TLS connections).
     auto: auto::Builder<TokioExecutor>,
-    http1: http1::Builder,
+    http1: Arc<http1::Builder>,
     http2: http2::Builder<TokioExecutor>,
 }
 
@@ -433,7 +430,7 @@ impl Builders {
             .max_header_list_size(
                 u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX),
             );
-        Self { auto, http1, http2 }
+        Self { auto, http1: Arc::new(http1), http2 }
     }
 }
 
@@ -489,7 +486,13 @@ impl Connection {
     /// A plain TCP connection: HTTP/1.x, or h2c when it starts with the HTTP/2 preface. Until
     /// its first bytes come, the connection holds no HTTP state; it is closed without an
     /// answer if none come within `requestHeader`, or at once on shutdown.
-    async fn run_plain(self, stream: tokio::net::TcpStream, mut stop: watch::Receiver<bool>) {
+    /// `held` lives as long as the connection.
+    async fn run_plain<G: Send + 'static>(
+        self,
+        stream: tokio::net::TcpStream,
+        mut stop: watch::Receiver<bool>,
+        held: G,
+    ) {
         let activity = Activity::new();
         let http = tokio::select! {
             sniffed = tokio::time::timeout(self.timeouts.request_header, sniff_h2(&stream)) => {
@@ -509,17 +512,19 @@ impl Connection {
             }
             _ = stop.wait_for(|&stop| stop) => return,
         };
-        self.run(stream, stop, activity, http).await;
+        self.run(stream, stop, activity, http, held).await;
     }
 
-    async fn run<IO>(
+    async fn run<IO, G>(
         self,
         stream: IO,
         stop: watch::Receiver<bool>,
         activity: Arc<Activity>,
         http: Http,
+        held: G,
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        G: Send + 'static,
     {
         let Connection { builders, gateway, sensitive, traced, timeouts, client, port } = self;
         let client_body = timeouts.client_body;
@@ -548,25 +553,28 @@ impl Connection {
                 .layer(TraceLayer::new_for_http().make_span_with(log_safe_span).on_failure(()))
                 .service(inner);
             let service = TowerToHyperService::new(Tracked::new(service, activity.clone()));
-            serve_as(&builders, http, io, service, &activity, stop, remote).await;
+            serve_as(&builders, http, io, service, activity, stop, remote, held).await;
         } else {
             let service =
                 TowerToHyperService::new(Tracked::new(outer.service(inner), activity.clone()));
-            serve_as(&builders, http, io, service, &activity, stop, remote).await;
+            serve_as(&builders, http, io, service, activity, stop, remote, held).await;
         }
     }
 }
 
-/// Serves a connection with the HTTP it speaks.
-async fn serve_as<IO, S, B>(
+/// Serves a connection with the HTTP it speaks; `held` lives as long as the connection.
+#[allow(clippy::too_many_arguments)]
+async fn serve_as<IO, S, B, G>(
     builders: &Builders,
     http: Http,
     io: Watched<IO>,
     service: S,
-    activity: &Activity,
+    activity: Arc<Activity>,
     stop: watch::Receiver<bool>,
     remote: SocketAddr,
+    held: G,
 ) where
+    G: Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
         + Clone
@@ -581,7 +589,10 @@ async fn serve_as<IO, S, B>(
 {
     match http {
         Http::One => {
-            crate::keep_alive::serve(&builders.http1, io, service, activity, stop, remote).await;
+            let builder = builders.http1.clone();
+            let client = remote;
+            crate::keep_alive::serve(Kept { builder, io, service, activity, stop, client, held })
+                .await;
         }
         // Rare on plain ports: boxed, so that HTTP/1 connections' tasks stay small.
         Http::Two => {
@@ -589,13 +600,15 @@ async fn serve_as<IO, S, B>(
             let shut_down = |c: Pin<&mut http2::Connection<_, S, TokioExecutor>>| {
                 c.graceful_shutdown();
             };
-            Box::pin(drive(connection, shut_down, activity, stop, remote)).await;
+            Box::pin(drive(connection, shut_down, &activity, stop, remote)).await;
+            drop(held);
         }
         // TLS only: boxed too, since hyper-util's connection holds either HTTP inline.
         Http::Detect => {
             let connection =
                 builders.auto.serve_connection_with_upgrades(TokioIo::new(io), service);
-            Box::pin(drive(connection, |c| c.graceful_shutdown(), activity, stop, remote)).await;
+            Box::pin(drive(connection, |c| c.graceful_shutdown(), &activity, stop, remote)).await;
+            drop(held);
         }
     }
 }

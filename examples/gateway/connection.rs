@@ -204,10 +204,17 @@ impl<IO> Watched<IO> {
         Self { io, activity, timeouts, read_timer: None, write_timer: None, unread: Bytes::new() }
     }
 
-    /// Puts bytes already read back in front of what the socket will give.
+    /// Puts bytes already read back in front of what the socket (and any bytes put back
+    /// before, not read yet) will give.
     pub(crate) fn unread(&mut self, bytes: Bytes) {
-        debug_assert!(self.unread.is_empty(), "unread twice");
-        self.unread = bytes;
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else {
+            let mut joined = Vec::with_capacity(bytes.len() + self.unread.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.unread);
+            self.unread = joined.into();
+        }
     }
 }
 
@@ -509,5 +516,50 @@ mod tests {
         // HTTP/2 frames between requests are not a head.
         let deadline = activity.read_deadline(&t).unwrap();
         assert_eq!(deadline, start + Duration::from_secs(25) + t.client_idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_is_due_only_between_http1_requests() {
+        let activity = Activity::new();
+        activity.enable_release();
+        // No request yet: the first head is awaited, nothing to release.
+        assert_eq!(activity.release_at(), None);
+        activity.on_request(Version::HTTP_11);
+        assert_eq!(activity.release_at(), None, "a request in flight");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        activity.on_response_end();
+        let idle_from = activity.start + Duration::from_secs(2);
+        assert_eq!(activity.release_at(), Some(idle_from + RELEASE_IDLE_AFTER));
+        activity.release_due.store(true, Ordering::Relaxed);
+        assert!(activity.may_release());
+        assert_eq!(activity.release_at(), None, "already due");
+        activity.unflushed.store(true, Ordering::Relaxed);
+        assert!(!activity.may_release(), "a response not flushed");
+        activity.unflushed.store(false, Ordering::Relaxed);
+        activity.on_read();
+        assert!(!activity.may_release(), "a head begun");
+        activity.on_request(Version::HTTP_11);
+        assert!(!activity.release_due.load(Ordering::Relaxed), "a request makes it not due");
+        activity.on_response_end();
+        activity.upgraded.store(true, Ordering::Relaxed);
+        assert_eq!(activity.release_at(), None, "upgraded");
+        let h2 = Activity::new();
+        h2.enable_release();
+        h2.on_request(Version::HTTP_2);
+        h2.on_response_end();
+        assert_eq!(h2.release_at(), None, "HTTP/2");
+    }
+
+    #[tokio::test]
+    async fn bytes_put_back_are_read_first_in_their_order() {
+        use tokio::io::AsyncReadExt as _;
+        let socket = tokio_test::io::Builder::new().read(b"de").build();
+        let mut io = Watched::new(socket, Activity::new(), timeouts());
+        io.unread(Bytes::from_static(b"c"));
+        // Put back later, read earlier: what hyper had read ahead of bytes not read yet.
+        io.unread(Bytes::from_static(b"ab"));
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"abcde");
     }
 }

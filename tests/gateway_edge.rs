@@ -141,6 +141,14 @@ async fn slow_and_silent_request_heads_are_closed_within_request_header() {
     assert!(open >= Duration::from_millis(900) && open < limit, "nothing sent: open {open:?}");
 }
 
+/// Whether the gateway closes `stream` within `limit` (whatever it sends first is read).
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async { while let Ok(1..) = stream.read(&mut buf).await {} })
+        .await
+        .is_ok()
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_within_client_idle() {
     let backend = echo_backend().await;
@@ -153,17 +161,9 @@ async fn idle_keep_alive_connections_are_closed_within_client_idle() {
     let n = stream.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     let idle_from = Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(3) + MARGIN, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    let closed = closed_within(&mut stream, Duration::from_secs(3) + MARGIN).await;
     let open = idle_from.elapsed();
-    assert!(closed.is_ok(), "an idle keep-alive connection still open after {open:?}");
+    assert!(closed, "an idle keep-alive connection still open after {open:?}");
     assert!(open >= Duration::from_millis(2500), "closed after {open:?}, before clientIdle");
 }
 
@@ -748,16 +748,7 @@ async fn a_keep_alive_connection_that_released_its_state_serves_what_comes_next(
     // A head begun after a release still has requestHeader (2 s) to finish.
     stream.write_all(b"GET /never-finished HTTP/1.1\r\n").await.unwrap();
     let started = Instant::now();
-    let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(2) + MARGIN, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a half head still open after {:?}", started.elapsed());
+    let closed = closed_within(&mut stream, Duration::from_secs(2) + MARGIN).await;
+    assert!(closed, "a half head still open after {:?}", started.elapsed());
     assert!(pending.is_empty(), "{pending:?}");
 }

@@ -34,6 +34,51 @@ use tokio::sync::watch;
 
 use crate::connection::{Activity, Watched};
 
+/// An error as hyper takes it.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A client connection's socket, as the connection's tasks hold it.
+pub(crate) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> ClientIo for T {}
+
+/// A service that answers a client connection's requests: what hyper's connections and the
+/// connection's tasks need of it.
+pub(crate) trait ConnectionService<B>:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = http::Response<B>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> ConnectionService<B> for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = http::Response<B>,
+            Future: Send + 'static,
+            Error: Into<BoxError>,
+        > + Unpin
+        + Send
+        + 'static
+{
+}
+
+/// A response body that hyper writes to a client connection.
+pub(crate) trait ResponseBody:
+    hyper::body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: hyper::body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static
+{
+}
+
 /// What a plain HTTP/1 connection keeps from one request to the next.
 pub(crate) struct Kept<IO, S, G> {
     pub(crate) builder: Arc<http1::Builder>,
@@ -56,16 +101,9 @@ type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// the connection lives in tasks of its own, small while it waits.
 pub(crate) async fn serve<IO, S, B, G>(kept: Kept<IO, S, G>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IO: ClientIo,
+    S: ConnectionService<B>,
+    B: ResponseBody,
     G: Send + 'static,
 {
     kept.activity.enable_release();
@@ -76,16 +114,9 @@ where
 /// waits for the next request ([`parking`]).
 fn serving<IO, S, B, G>(kept: Kept<IO, S, G>) -> Work
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IO: ClientIo,
+    S: ConnectionService<B>,
+    B: ResponseBody,
     G: Send + 'static,
 {
     Box::pin(async move {
@@ -112,16 +143,9 @@ where
 /// `clientIdle` from the last response, still holds), then serves again.
 fn parking<IO, S, B, G>(mut kept: Kept<IO, S, G>) -> Work
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IO: ClientIo,
+    S: ConnectionService<B>,
+    B: ResponseBody,
     G: Send + 'static,
 {
     Box::pin(async move {
@@ -153,13 +177,9 @@ async fn until_idle<IO, S, B>(
     client: SocketAddr,
 ) -> Option<(Watched<IO>, S, Bytes)>
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>> + Unpin,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    IO: ClientIo,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let mut connection = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     let stopping = tokio::select! {

@@ -31,7 +31,6 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
@@ -46,7 +45,7 @@ use tracing::Level;
 use crate::client_body::ClientBody;
 use crate::connection::{Activity, Tracked, Watched};
 use crate::edge::{Limits, Timeouts};
-use crate::keep_alive::Kept;
+use crate::keep_alive::{ClientIo, ConnectionService, Kept, ResponseBody};
 use crate::proxy::ClientAddr;
 use crate::routing::ArrivedOn;
 use crate::stack::Gateway;
@@ -523,7 +522,7 @@ impl Connection {
         http: Http,
         held: G,
     ) where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        IO: ClientIo,
         G: Send + 'static,
     {
         let Connection { builders, gateway, sensitive, traced, timeouts, client, port } = self;
@@ -574,18 +573,10 @@ async fn serve_as<IO, S, B, G>(
     remote: SocketAddr,
     held: G,
 ) where
+    IO: ClientIo,
+    S: ConnectionService<B> + Clone,
+    B: ResponseBody,
     G: Send + 'static,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>>
-        + Clone
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     match http {
         Http::One => {

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -323,6 +324,33 @@ async fn editing_the_secret_swaps_the_certificate_without_dropping_connections()
     gateway.wait_log("configuration not reloaded").await;
     let still = handshake(port, "shop.example", &[&new], &[], &all).await.unwrap();
     assert_eq!(peer_cert(&still), new.der);
+}
+
+#[tokio::test]
+async fn an_idle_tls_keep_alive_connection_is_closed_within_client_idle() {
+    let echo = backend("one").await;
+    let (shop, api) = (cert(&["shop.example"]), cert(&["*.api.example"]));
+    // clientIdle much shorter than requestHeader: the connection must get the former.
+    let config = format!(
+        "timeouts: {{requestHeader: 20s, clientIdle: 1s}}\n{}",
+        two_cert_config(echo, &shop, &api)
+    );
+    let gateway = start(&config, 2).await;
+    let all = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let stream =
+        handshake(gateway.port(1), "shop.example", &[&shop], &[b"http/1.1"], &all).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let closed = tokio::spawn(connection);
+    let get = Request::get("/").header("host", "shop.example").body(Empty::<Bytes>::new());
+    let res = sender.send_request(get.unwrap()).await.unwrap();
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "one");
+    let idle_from = std::time::Instant::now();
+    // Well before requestHeader's 20 s.
+    let ended = tokio::time::timeout(Duration::from_secs(8), closed).await;
+    let open = idle_from.elapsed();
+    assert!(ended.is_ok(), "an idle TLS connection still open after {open:?}");
+    assert!(open >= Duration::from_millis(800), "closed after {open:?}, before clientIdle");
 }
 
 /// `--check` on a config; returns (success, stderr).

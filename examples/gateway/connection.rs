@@ -17,7 +17,9 @@
 //!
 //! A plain HTTP/1 connection between requests has one more deadline, [`RELEASE_IDLE_AFTER`]
 //! from the end of its last response: then its HTTP state is released (see `keep_alive`).
-//! The same timer serves both, and on a busy connection it rings once per that period.
+//! hyper looks at the socket again after a response only when woken, so while a request is in
+//! flight the timer is set to ring within that period (`clientIdle` for connections that do
+//! not release): on a busy connection it rings once per period.
 
 use std::io;
 use std::pin::Pin;
@@ -270,11 +272,18 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
             Poll::Pending => {
                 let activity = &**this.activity;
                 let Some(deadline) = activity.read_deadline(this.timeouts) else {
-                    // In flight. hyper reads again after the response only when woken, so a
-                    // connection that will release its state needs a timer that rings soon
-                    // after (moved once per period on a busy connection, as below).
-                    if activity.releases() {
-                        expired(this.read_timer, Instant::now() + RELEASE_IDLE_AFTER, cx);
+                    // In flight. hyper reads again after a response only when woken, so the
+                    // timer must ring by the time the idle deadline (or the release) can come
+                    // and have the read looked at again; on a busy connection it rings once
+                    // per that period. Without it a connection idled until the deadline of
+                    // its last head, past a shorter `clientIdle`.
+                    if !activity.upgraded.load(Ordering::Relaxed) {
+                        let period = if activity.releases() {
+                            RELEASE_IDLE_AFTER
+                        } else {
+                            this.timeouts.client_idle
+                        };
+                        expired(this.read_timer, Instant::now() + period, cx);
                     }
                     return Poll::Pending;
                 };

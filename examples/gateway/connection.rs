@@ -95,11 +95,6 @@ impl Activity {
         self.releases.store(true, Ordering::Relaxed);
     }
 
-    /// Whether this connection releases its HTTP state when idle, now and later.
-    fn releases(&self) -> bool {
-        self.releases.load(Ordering::Relaxed) && !self.upgraded.load(Ordering::Relaxed)
-    }
-
     /// Between two requests: none in flight, no byte of the next one read, not upgraded,
     /// HTTP/1.
     fn between_requests(&self) -> bool {
@@ -111,7 +106,9 @@ impl Activity {
 
     /// When the HTTP state is to be released, if it is not due already.
     fn release_at(&self) -> Option<Instant> {
-        if !self.releases() || self.release_due.load(Ordering::Relaxed) || !self.between_requests()
+        if !self.releases.load(Ordering::Relaxed)
+            || self.release_due.load(Ordering::Relaxed)
+            || !self.between_requests()
         {
             return None;
         }
@@ -278,7 +275,7 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
                     // per that period. Without it a connection idled until the deadline of
                     // its last head, past a shorter `clientIdle`.
                     if !activity.upgraded.load(Ordering::Relaxed) {
-                        let period = if activity.releases() {
+                        let period = if activity.releases.load(Ordering::Relaxed) {
                             RELEASE_IDLE_AFTER
                         } else {
                             this.timeouts.client_idle

@@ -592,14 +592,12 @@ async fn serve_as<IO, S, B, G>(
                 c.graceful_shutdown();
             };
             Box::pin(drive(connection, shut_down, &activity, stop, remote)).await;
-            drop(held);
         }
         // TLS only: boxed too, since hyper-util's connection holds either HTTP inline.
         Http::Detect => {
             let connection =
                 builders.auto.serve_connection_with_upgrades(TokioIo::new(io), service);
             Box::pin(drive(connection, |c| c.graceful_shutdown(), &activity, stop, remote)).await;
-            drop(held);
         }
     }
 }

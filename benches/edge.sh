@@ -36,22 +36,9 @@ free_port; B=$PORT
 free_port; G=$PORT
 free_port; H=$PORT
 start_backends "$B"
-cat >"$WORK/gateway.yaml" <<YAML
-listen: 127.0.0.1:$G
-keys: ["$(head -c 32 /dev/urandom | base64)"]
-timeouts: {requestHeader: 10s, clientIdle: 60s}
-limits: {maxConnections: $MAXCONN}
-services:
-  - {name: bench, endpoints: ["127.0.0.1:$B"]}
-routes:
-  - apiVersion: gateway.networking.k8s.io/v1
-    kind: HTTPRoute
-    metadata: {name: bench}
-    spec:
-      rules:
-        - backendRefs: [{name: bench}]
-          sessionPersistence: {cookie: {name: SRV}}
-YAML
+TOP_LINES="timeouts: {requestHeader: 10s, clientIdle: 60s}
+limits: {maxConnections: $MAXCONN}" bench_gateway_yaml "$G" "$(head -c 32 /dev/urandom | base64)" \
+    "sessionPersistence: {cookie: {name: SRV}}" "$B" >"$WORK/gateway.yaml"
 cat >"$WORK/haproxy.cfg" <<CFG
 global
     nbthread 2
